@@ -1,0 +1,135 @@
+//! Raft RPCs from peers, handed to the local Raft after checking they are meant for it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use bytes::BytesMut;
+use ferrokv_proto::RaftReply;
+use ferrokv_proto::RaftRequest;
+use ferrokv_proto::SnapshotChunk;
+use futures::StreamExt;
+use serde::Serialize;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+use tonic::Streaming;
+
+use super::bad_payload;
+use crate::codec;
+use crate::service::Core;
+use crate::service::Service;
+use crate::storage::snapshot;
+use crate::types::DATA_GROUP;
+use crate::types::GroupId;
+use crate::types::RaftId;
+use crate::types::Snapshot;
+use crate::types::SnapshotMeta;
+use crate::types::Vote;
+
+pub struct RaftService {
+    service: Arc<Service>,
+}
+
+impl RaftService {
+    pub fn new(service: Arc<Service>) -> Self {
+        RaftService { service }
+    }
+
+    /// The local core, if this request is addressed to it.
+    fn core_for(&self, group: GroupId, target: RaftId) -> Result<&Arc<Core>, Status> {
+        if group != DATA_GROUP {
+            return Err(Status::not_found(format!(
+                "no Raft group {group} on this node"
+            )));
+        }
+        let core = self
+            .service
+            .try_core()
+            .ok_or_else(|| Status::unavailable("this node has no Raft member yet"))?;
+        // A reused address must not deliver traffic meant for an older member to this one.
+        if core.raft_id != target {
+            return Err(Status::failed_precondition(format!(
+                "this node runs Raft member {}, not {target}",
+                core.raft_id
+            )));
+        }
+        Ok(core)
+    }
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<RaftReply>, Status> {
+    let payload = codec::encode(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftReply {
+        payload: Bytes::from(payload),
+    }))
+}
+
+fn fatal(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft stopped: {e}"))
+}
+
+#[tonic::async_trait]
+impl ferrokv_proto::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let core = self.core_for(req.group_id, req.target)?;
+        let rpc = codec::decode(&req.payload).map_err(bad_payload)?;
+        let resp = core.raft.append_entries(rpc).await.map_err(fatal)?;
+        reply(&resp)
+    }
+
+    async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let core = self.core_for(req.group_id, req.target)?;
+        let rpc = codec::decode(&req.payload).map_err(bad_payload)?;
+        let resp = core.raft.vote(rpc).await.map_err(fatal)?;
+        reply(&resp)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let core = self.core_for(req.group_id, req.target)?;
+        let rpc = codec::decode(&req.payload).map_err(bad_payload)?;
+        let resp = core.raft.handle_transfer_leader(rpc).await.map_err(fatal)?;
+        reply(&resp)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let core = self.core_for(first.group_id, first.target)?.clone();
+        let (vote, meta): (Vote, SnapshotMeta) = codec::decode(&first.meta).map_err(bad_payload)?;
+        let mut data = BytesMut::from(&first.data[..]);
+        while let Some(chunk) = stream.next().await {
+            data.extend_from_slice(&chunk?.data);
+        }
+        let data = data.freeze();
+        // Validate before Raft sees it: a state-machine error on install would stop the node.
+        snapshot::decode(&data)
+            .map_err(|e| Status::invalid_argument(format!("rejected snapshot: {e}")))?;
+        let resp = core
+            .raft
+            .install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: data,
+                },
+            )
+            .await
+            .map_err(fatal)?;
+        reply(&resp)
+    }
+}

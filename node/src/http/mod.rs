@@ -1,0 +1,98 @@
+//! The client-facing HTTP API (axum): keys under `/v1/kv`, the cluster under `/v1/cluster`,
+//! and `/healthz`, `/readyz`, `/metrics`. Every error is JSON with a stable code.
+
+mod cluster;
+mod error;
+mod health;
+mod kv;
+mod params;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::MatchedPath;
+use axum::extract::Request;
+use axum::extract::State;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use axum::routing::post;
+use tokio::net::TcpListener;
+
+use crate::error::ApiError;
+use crate::service::Service;
+
+pub type AppState = Arc<Service>;
+
+/// The router with every route and layer.
+pub fn router(service: Arc<Service>) -> Router {
+    // Room for the largest value plus nothing else: the body *is* the value.
+    let body_limit = service.cfg.max_value_bytes;
+    Router::new()
+        .route("/v1/kv", get(kv::list).fallback(error::method_not_allowed))
+        .route("/v1/kv/", axum::routing::any(kv::empty_key))
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get_key)
+                .put(kv::put_key)
+                .delete(kv::delete_key)
+                .fallback(error::method_not_allowed),
+        )
+        .route(
+            "/v1/cluster",
+            get(cluster::status).fallback(error::method_not_allowed),
+        )
+        .route(
+            "/v1/cluster/members",
+            post(cluster::add_member).fallback(error::method_not_allowed),
+        )
+        .route(
+            "/v1/cluster/members/{id}",
+            axum::routing::delete(cluster::remove_member).fallback(error::method_not_allowed),
+        )
+        .route(
+            "/v1/cluster/leader",
+            post(cluster::transfer_leader).fallback(error::method_not_allowed),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(service.clone(), track))
+        .with_state(service)
+}
+
+/// Serve HTTP on `listener` until `shutdown` resolves (keep-alive connections are drained).
+pub async fn serve(
+    service: Arc<Service>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(service))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Count and time every request by its route template (not the raw path: keys are unbounded).
+async fn track(State(service): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let m = &service.metrics;
+    m.http_duration
+        .with_label_values(&[&route, &method])
+        .observe(start.elapsed().as_secs_f64());
+    m.http_requests
+        .with_label_values(&[&route, &method, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+type ApiResult<T> = Result<T, ApiError>;

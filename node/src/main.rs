@@ -1,0 +1,61 @@
+//! The `ferrokv` binary: `serve` a node, run a local `dev` cluster, or talk to one (`kv`, `cluster`).
+
+use clap::Parser;
+use clap::Subcommand;
+use ferrokv::cli;
+use ferrokv::config::ServeArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "ferrokv",
+    version,
+    about = "Distributed, in-memory, strongly consistent key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(Box<ServeArgs>),
+    /// Run a local cluster of N nodes on loopback until Ctrl-C.
+    Dev(cli::DevArgs),
+    /// Read and write keys.
+    Kv(cli::KvArgs),
+    /// Inspect and change cluster membership.
+    Cluster(cli::ClusterArgs),
+}
+
+fn main() {
+    if let Err(e) = run() {
+        cli::print_error(&e);
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // At least two workers: the OTLP batch exporter and Raft must never starve each other.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().max(2)))
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => {
+                let telemetry = ferrokv::telemetry::init(args.log_format, &args.service_name)?;
+                let result = ferrokv::server::run(*args, ferrokv::server::signal()).await;
+                if let Err(e) = &result {
+                    tracing::error!("{e:#}");
+                }
+                telemetry.shutdown();
+                result
+            }
+            Command::Dev(args) => cli::run_dev(args).await,
+            Command::Kv(args) => cli::run_kv(args).await,
+            Command::Cluster(args) => cli::run_cluster(args).await,
+        }
+    })
+}

@@ -1,0 +1,227 @@
+//! openraft's network client over gRPC: AppendEntries, Vote, TransferLeader as unary calls
+//! and whole snapshots as a client stream of chunks.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferrokv_proto::RaftRequest;
+use ferrokv_proto::SnapshotChunk;
+use openraft::RaftNetworkFactory;
+use openraft::RaftNetworkV2;
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::error::ReplicationClosed;
+use openraft::error::StreamingError;
+use openraft::error::Timeout;
+use openraft::error::Unreachable;
+use openraft::network::RPCOption;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec;
+use crate::network::PeerPool;
+use crate::types::GroupId;
+use crate::types::Member;
+use crate::types::RaftId;
+use crate::types::Snapshot;
+use crate::types::SnapshotData;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+/// Snapshot data is streamed in chunks of this size.
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+
+/// Creates a [`PeerClient`] per target member.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pool: PeerPool,
+    group: GroupId,
+}
+
+impl NetworkFactory {
+    pub fn new(pool: PeerPool, group: GroupId) -> Self {
+        NetworkFactory { pool, group }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: RaftId, node: &Member) -> PeerClient {
+        PeerClient {
+            pool: self.pool.clone(),
+            group: self.group,
+            target,
+            addr: node.grpc_addr.clone(),
+        }
+    }
+}
+
+/// The Raft connection to one member.
+pub struct PeerClient {
+    pool: PeerPool,
+    group: GroupId,
+    target: RaftId,
+    addr: String,
+}
+
+type Rpc<T> = Result<T, RPCError<TypeConfig>>;
+
+impl PeerClient {
+    fn request<T: Serialize>(&self, msg: &T) -> Rpc<RaftRequest> {
+        let payload = codec::encode(msg).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        Ok(RaftRequest {
+            group_id: self.group,
+            target: self.target,
+            payload: Bytes::from(payload),
+        })
+    }
+
+    fn client(&self) -> Rpc<ferrokv_proto::raft_client::RaftClient<tonic::transport::Channel>> {
+        self.pool
+            .raft(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+
+    /// Run one unary call under the RPC's soft deadline and decode the reply.
+    async fn unary<Resp, F, Fut>(&self, ttl: Duration, call: F) -> Rpc<Resp>
+    where
+        Resp: DeserializeOwned,
+        F: FnOnce(ferrokv_proto::raft_client::RaftClient<tonic::transport::Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<ferrokv_proto::RaftReply>, tonic::Status>>,
+    {
+        let client = self.client()?;
+        let reply = match tokio::time::timeout(ttl, call(client)).await {
+            Err(_) => return Err(self.timeout(ttl)),
+            Ok(Err(status)) => return Err(status_to_rpc(status)),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+
+    fn timeout(&self, ttl: Duration) -> RPCError<TypeConfig> {
+        RPCError::Timeout(Timeout {
+            action: openraft::RPCTypes::AppendEntries,
+            id: 0,
+            target: self.target,
+            timeout: ttl,
+        })
+    }
+}
+
+fn status_to_rpc(status: tonic::Status) -> RPCError<TypeConfig> {
+    // Connection failures back off; anything else (the peer answered with an error, e.g. it is
+    // not running the addressed member) is a network error retried on the next tick.
+    if status.code() == tonic::Code::Unavailable {
+        RPCError::Unreachable(Unreachable::new(&status))
+    } else {
+        RPCError::Network(NetworkError::new(&status))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<AppendEntriesResponse<TypeConfig>> {
+        let req = self.request(&rpc)?;
+        self.unary(option.soft_ttl(), |mut c| async move {
+            c.append_entries(req).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<VoteResponse<TypeConfig>> {
+        let req = self.request(&rpc)?;
+        self.unary(option.soft_ttl(), |mut c| async move { c.vote(req).await })
+            .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<TransferLeaderResponse<TypeConfig>> {
+        let req = self.request(&rpc)?;
+        self.unary(option.soft_ttl(), |mut c| async move {
+            c.transfer_leader(req).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let net = |e: &dyn std::error::Error| {
+            StreamingError::Network(NetworkError::from_string(e.to_string()))
+        };
+        let meta = codec::encode(&(vote, snapshot.meta.clone())).map_err(|e| net(&e))?;
+        let data = snapshot.snapshot;
+        let (group_id, target) = (self.group, self.target);
+        let mut chunks = Vec::with_capacity(data.len() / SNAPSHOT_CHUNK + 1);
+        let mut offset = 0;
+        loop {
+            let end = (offset + SNAPSHOT_CHUNK).min(data.len());
+            let meta = if offset == 0 {
+                Bytes::from(meta.clone())
+            } else {
+                Bytes::new()
+            };
+            chunks.push(SnapshotChunk {
+                group_id,
+                target,
+                meta,
+                data: data.slice(offset..end),
+            });
+            offset = end;
+            if offset >= data.len() {
+                break;
+            }
+        }
+        let mut client = self
+            .pool
+            .raft(&self.addr)
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        // A snapshot may be large: allow the hard TTL for the whole stream.
+        let send = tokio::time::timeout(
+            option.hard_ttl(),
+            client.install_snapshot(futures::stream::iter(chunks)),
+        );
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = send => match r {
+                Err(_) => return Err(StreamingError::Timeout(Timeout {
+                    action: openraft::RPCTypes::InstallSnapshot,
+                    id: 0,
+                    target,
+                    timeout: option.hard_ttl(),
+                })),
+                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                    return Err(StreamingError::Unreachable(Unreachable::new(&status)));
+                }
+                Ok(Err(status)) => return Err(net(&status)),
+                Ok(Ok(r)) => r.into_inner(),
+            },
+        };
+        codec::decode(&reply.payload).map_err(|e| net(&e))
+    }
+}

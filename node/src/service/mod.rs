@@ -1,0 +1,143 @@
+//! The node's request handling, shared by the HTTP API and the gRPC services: routing writes
+//! and linearizable reads to the group leader, local reads, and cluster administration.
+//!
+//! A node exists before it has a Raft identity (while it waits to be added to a cluster), so
+//! the Raft parts live in [`Core`], set once by the bootstrap.
+
+mod admin;
+mod read;
+mod write;
+
+use openraft::async_runtime::WatchReceiver as _;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub use admin::ClusterView;
+pub use admin::MemberView;
+pub use read::Consistency;
+pub use read::ReadOutcome;
+pub use read::ReadQuery;
+pub use read::WireRecord;
+use tokio::sync::oneshot;
+use tokio::sync::watch;
+pub use write::WriteOutcome;
+
+use crate::config::ServeArgs;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::network::PeerPool;
+use crate::storage::LogStore;
+use crate::storage::StateMachineStore;
+use crate::types::Member;
+use crate::types::Raft;
+use crate::types::RaftId;
+use crate::types::RaftMetrics;
+
+/// The Raft side of a node, present once the node has a Raft identity.
+pub struct Core {
+    pub raft: Raft,
+    pub raft_id: RaftId,
+    pub sm: StateMachineStore,
+    pub log: LogStore,
+}
+
+/// An identity handed to a waiting node by the leader (see `Admin.Assign`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub raft_id: RaftId,
+    pub cluster_id: String,
+}
+
+pub struct Service {
+    pub cfg: Arc<ServeArgs>,
+    pub pool: PeerPool,
+    pub metrics: Arc<Metrics>,
+    core: OnceLock<Arc<Core>>,
+    core_set: watch::Sender<bool>,
+    /// Where an `Assign` call delivers the identity to a bootstrap that waits for one.
+    assign_tx: Mutex<Option<oneshot::Sender<Assignment>>>,
+    /// Serializes membership changes made through this node.
+    pub(crate) admin_lock: tokio::sync::Mutex<()>,
+}
+
+impl Service {
+    pub fn new(cfg: Arc<ServeArgs>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Service {
+            cfg,
+            pool: PeerPool::new(),
+            metrics,
+            core: OnceLock::new(),
+            core_set: watch::channel(false).0,
+            assign_tx: Mutex::new(None),
+            admin_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.cfg.node_id
+    }
+
+    /// This node as a member record.
+    pub fn me(&self) -> Member {
+        Member {
+            node_id: self.cfg.node_id,
+            grpc_addr: self.cfg.advertised_grpc(),
+            http_addr: self.cfg.advertised_http(),
+        }
+    }
+
+    pub fn core(&self) -> Result<&Arc<Core>, ApiError> {
+        self.core
+            .get()
+            .ok_or_else(|| ApiError::not_ready("this node has not joined a cluster yet"))
+    }
+
+    pub fn try_core(&self) -> Option<&Arc<Core>> {
+        self.core.get()
+    }
+
+    /// Install the Raft core (once).
+    pub fn set_core(&self, core: Arc<Core>) {
+        if self.core.set(core).is_ok() {
+            self.core_set.send_replace(true);
+        }
+    }
+
+    /// Wait until the core is installed, up to `timeout`.
+    pub async fn wait_core(&self, timeout: Duration) -> Option<&Arc<Core>> {
+        let mut rx = self.core_set.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|set| *set)).await;
+        self.core.get()
+    }
+
+    /// Arm the `Assign` hand-off: the returned receiver gets the identity the leader allocates.
+    pub fn await_assignment(&self) -> oneshot::Receiver<Assignment> {
+        let (tx, rx) = oneshot::channel();
+        *self.assign_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Deliver an identity to a waiting bootstrap. False when nothing was waiting.
+    pub fn deliver_assignment(&self, a: Assignment) -> bool {
+        let tx = self
+            .assign_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        tx.is_some_and(|tx| tx.send(a).is_ok())
+    }
+
+    /// The latest Raft metrics of the core.
+    pub fn raft_metrics(&self) -> Result<RaftMetrics, ApiError> {
+        Ok(self.core()?.raft.metrics().borrow_watched().clone())
+    }
+
+    /// The member record of a Raft id in the current membership.
+    pub fn member(&self, core: &Core, raft_id: RaftId) -> Option<Member> {
+        let m = core.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config.membership().get_node(&raft_id).cloned()
+    }
+}

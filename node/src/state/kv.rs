@@ -1,0 +1,446 @@
+//! The in-memory ordered map of key → record, and how each command changes it.
+//!
+//! Every change is a pure function of (state, log index, command): replicas applying the same
+//! log reach byte-identical states. Time enters only through `now_ms` stamped into commands by
+//! the leader; reads pass their own clock to hide keys whose TTL already ran out.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::ops::Bound;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::command::Command;
+use crate::command::CommandResult;
+use crate::command::Condition;
+
+/// One stored key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvRecord {
+    pub value: Bytes,
+    pub content_type: Option<String>,
+    /// Revision (log index) of the write that created the key.
+    pub create_revision: u64,
+    /// Revision (log index) of the last write to the key.
+    pub mod_revision: u64,
+    /// Number of writes since the key was created (1 for a new key).
+    pub version: u64,
+    /// Deadline in ms since the Unix epoch (the leader's clock), if the key has a TTL.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl KvRecord {
+    /// True when the key's TTL has run out at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// Remaining time to live in whole seconds (rounded up), if the key has a TTL.
+    pub fn ttl_seconds(&self, now_ms: u64) -> Option<u64> {
+        self.expires_at_ms
+            .map(|at| at.saturating_sub(now_ms).div_ceil(1000))
+    }
+
+    fn approx_bytes(key: &str, rec: &KvRecord) -> u64 {
+        (key.len() + rec.value.len() + rec.content_type.as_ref().map_or(0, String::len) + 40) as u64
+    }
+}
+
+/// A page of a prefix scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    pub items: Vec<(String, KvRecord)>,
+    /// Pass as `after` to get the next page; `None` when the scan is complete.
+    pub next_after: Option<String>,
+}
+
+/// The whole key-value state of one group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvState {
+    map: BTreeMap<String, KvRecord>,
+    /// (deadline, key) of every key with a TTL, so expiry is found without a full scan.
+    expiries: BTreeSet<(u64, String)>,
+    cluster_id: Option<String>,
+    /// Approximate bytes held by keys, values and metadata.
+    approx_bytes: u64,
+}
+
+impl KvState {
+    /// Apply one committed command at log index `revision`.
+    pub fn apply(&mut self, revision: u64, cmd: &Command) -> CommandResult {
+        match cmd {
+            Command::Put {
+                key,
+                value,
+                content_type,
+                ttl_ms,
+                condition,
+                now_ms,
+            } => {
+                let current = self.live(key, *now_ms);
+                if let Some(failed) = check(*condition, current) {
+                    return failed;
+                }
+                let (created, create_revision, version) = match current {
+                    Some(rec) => (false, rec.create_revision, rec.version + 1),
+                    None => (true, revision, 1),
+                };
+                let record = KvRecord {
+                    value: value.clone(),
+                    content_type: content_type.clone(),
+                    create_revision,
+                    mod_revision: revision,
+                    version,
+                    expires_at_ms: ttl_ms.map(|ttl| now_ms.saturating_add(ttl)),
+                };
+                self.insert(key.clone(), record);
+                CommandResult::Put {
+                    created,
+                    revision,
+                    version,
+                }
+            }
+            Command::Delete {
+                key,
+                condition,
+                now_ms,
+            } => {
+                let current = self.live(key, *now_ms);
+                if let Some(failed) = check(*condition, current) {
+                    return failed;
+                }
+                if current.is_none() {
+                    // An expired-but-not-yet-reaped key counts as absent; reap it now.
+                    self.remove(key);
+                    return CommandResult::NotFound;
+                }
+                self.remove(key);
+                CommandResult::Deleted { revision }
+            }
+            Command::Expire { keys } => {
+                for (key, mod_revision) in keys {
+                    if self
+                        .map
+                        .get(key)
+                        .is_some_and(|r| r.mod_revision == *mod_revision)
+                    {
+                        self.remove(key);
+                    }
+                }
+                CommandResult::Done
+            }
+            Command::SetClusterId { id } => {
+                if self.cluster_id.is_none() {
+                    self.cluster_id = Some(id.clone());
+                }
+                CommandResult::Done
+            }
+            Command::Noop => CommandResult::Done,
+        }
+    }
+
+    /// The record of a key that exists and has not expired at `now_ms`.
+    pub fn get(&self, key: &str, now_ms: u64) -> Option<&KvRecord> {
+        self.live(key, now_ms)
+    }
+
+    /// Up to `limit` live keys starting with `prefix`, strictly after `after`, in key order.
+    pub fn scan(&self, prefix: &str, after: Option<&str>, limit: usize, now_ms: u64) -> ScanPage {
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        for (k, rec) in self.map.range((start, Bound::Unbounded)) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if rec.is_expired(now_ms) {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push((k.clone(), rec.clone()));
+        }
+        let next_after = if more {
+            items.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        ScanPage { items, next_after }
+    }
+
+    /// Keys whose TTL ran out at `now_ms`, with their mod revision, oldest deadline first.
+    pub fn expired(&self, now_ms: u64, max: usize) -> Vec<(String, u64)> {
+        self.expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .filter_map(|(_, k)| self.map.get(k).map(|r| (k.clone(), r.mod_revision)))
+            .take(max)
+            .collect()
+    }
+
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn approx_bytes(&self) -> u64 {
+        self.approx_bytes
+    }
+
+    /// Every record in key order (snapshots, digests).
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &KvRecord)> {
+        self.map.iter()
+    }
+
+    /// Rebuild a state from its parts (snapshot install); derived indexes are recomputed.
+    pub fn from_parts(
+        cluster_id: Option<String>,
+        records: impl IntoIterator<Item = (String, KvRecord)>,
+    ) -> Self {
+        let mut state = KvState {
+            cluster_id,
+            ..KvState::default()
+        };
+        for (k, r) in records {
+            state.insert(k, r);
+        }
+        state
+    }
+
+    fn live(&self, key: &str, now_ms: u64) -> Option<&KvRecord> {
+        self.map.get(key).filter(|r| !r.is_expired(now_ms))
+    }
+
+    fn insert(&mut self, key: String, record: KvRecord) {
+        self.remove(&key);
+        self.approx_bytes += KvRecord::approx_bytes(&key, &record);
+        if let Some(at) = record.expires_at_ms {
+            self.expiries.insert((at, key.clone()));
+        }
+        self.map.insert(key, record);
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.map.remove(key) {
+            self.approx_bytes = self
+                .approx_bytes
+                .saturating_sub(KvRecord::approx_bytes(key, &old));
+            if let Some(at) = old.expires_at_ms {
+                self.expiries.remove(&(at, key.to_string()));
+            }
+        }
+    }
+}
+
+/// `Some(ConditionFailed)` when `condition` does not hold for the key's live record.
+fn check(condition: Condition, current: Option<&KvRecord>) -> Option<CommandResult> {
+    let holds = match condition {
+        Condition::None => true,
+        Condition::Absent => current.is_none(),
+        Condition::ModRevision(rev) => current.is_some_and(|r| r.mod_revision == rev),
+    };
+    (!holds).then(|| CommandResult::ConditionFailed {
+        current_revision: current.map(|r| r.mod_revision),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(
+        key: &str,
+        value: &str,
+        condition: Condition,
+        ttl_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Command {
+        Command::Put {
+            key: key.into(),
+            value: Bytes::from(value.to_string()),
+            content_type: None,
+            ttl_ms,
+            condition,
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn put_creates_then_replaces_with_revisions_and_versions() {
+        let mut s = KvState::default();
+        assert_eq!(
+            s.apply(5, &put("a", "1", Condition::None, None, 0)),
+            CommandResult::Put {
+                created: true,
+                revision: 5,
+                version: 1
+            }
+        );
+        assert_eq!(
+            s.apply(9, &put("a", "2", Condition::None, None, 0)),
+            CommandResult::Put {
+                created: false,
+                revision: 9,
+                version: 2
+            }
+        );
+        let rec = s.get("a", 0).unwrap();
+        assert_eq!(
+            (rec.create_revision, rec.mod_revision, rec.version),
+            (5, 9, 2)
+        );
+        assert_eq!(rec.value, Bytes::from_static(b"2"));
+    }
+
+    #[test]
+    fn compare_and_set_and_create_only() {
+        let mut s = KvState::default();
+        s.apply(1, &put("k", "v1", Condition::None, None, 0));
+        assert_eq!(
+            s.apply(2, &put("k", "v2", Condition::ModRevision(7), None, 0)),
+            CommandResult::ConditionFailed {
+                current_revision: Some(1)
+            }
+        );
+        assert_eq!(s.get("k", 0).unwrap().value, Bytes::from_static(b"v1"));
+        assert!(matches!(
+            s.apply(3, &put("k", "v3", Condition::ModRevision(1), None, 0)),
+            CommandResult::Put { .. }
+        ));
+        assert_eq!(
+            s.apply(4, &put("k", "x", Condition::Absent, None, 0)),
+            CommandResult::ConditionFailed {
+                current_revision: Some(3)
+            }
+        );
+        assert!(matches!(
+            s.apply(5, &put("new", "x", Condition::Absent, None, 0)),
+            CommandResult::Put { created: true, .. }
+        ));
+        assert_eq!(
+            s.apply(6, &put("missing", "x", Condition::ModRevision(1), None, 0)),
+            CommandResult::ConditionFailed {
+                current_revision: None
+            }
+        );
+    }
+
+    #[test]
+    fn delete_with_and_without_condition() {
+        let mut s = KvState::default();
+        s.apply(1, &put("k", "v", Condition::None, None, 0));
+        let del = |c| Command::Delete {
+            key: "k".into(),
+            condition: c,
+            now_ms: 0,
+        };
+        assert!(matches!(
+            s.apply(2, &del(Condition::ModRevision(9))),
+            CommandResult::ConditionFailed { .. }
+        ));
+        assert_eq!(
+            s.apply(3, &del(Condition::ModRevision(1))),
+            CommandResult::Deleted { revision: 3 }
+        );
+        assert_eq!(s.apply(4, &del(Condition::None)), CommandResult::NotFound);
+        assert!(s.is_empty());
+        assert_eq!(s.approx_bytes(), 0);
+    }
+
+    #[test]
+    fn ttl_hides_then_expire_removes_only_unchanged_keys() {
+        let mut s = KvState::default();
+        s.apply(1, &put("t", "v", Condition::None, Some(1000), 10_000));
+        s.apply(2, &put("u", "v", Condition::None, Some(1000), 10_000));
+        assert_eq!(s.get("t", 10_500).unwrap().ttl_seconds(10_500), Some(1));
+        assert!(
+            s.get("t", 11_000).is_none(),
+            "expired keys are hidden from reads"
+        );
+        assert_eq!(
+            s.expired(11_000, 10),
+            vec![("t".to_string(), 1), ("u".to_string(), 2)]
+        );
+        // "u" is rewritten before the expire command applies: it must survive.
+        s.apply(3, &put("u", "w", Condition::None, None, 11_000));
+        s.apply(
+            4,
+            &Command::Expire {
+                keys: vec![("t".into(), 1), ("u".into(), 2)],
+            },
+        );
+        assert!(s.get("t", 0).is_none());
+        assert_eq!(s.get("u", 99_999).unwrap().value, Bytes::from_static(b"w"));
+        assert!(s.expired(u64::MAX, 10).is_empty());
+    }
+
+    #[test]
+    fn expired_key_counts_as_absent_for_create_only() {
+        let mut s = KvState::default();
+        s.apply(1, &put("t", "v", Condition::None, Some(10), 0));
+        assert!(matches!(
+            s.apply(2, &put("t", "w", Condition::Absent, None, 10)),
+            CommandResult::Put {
+                created: true,
+                version: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn scan_paginates_by_prefix_in_key_order() {
+        let mut s = KvState::default();
+        for (i, k) in ["a/1", "a/2", "a/3", "b/1", "a/0"].iter().enumerate() {
+            s.apply(i as u64 + 1, &put(k, "v", Condition::None, None, 0));
+        }
+        let p1 = s.scan("a/", None, 2, 0);
+        assert_eq!(
+            p1.items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            vec!["a/0", "a/1"]
+        );
+        assert_eq!(p1.next_after.as_deref(), Some("a/1"));
+        let p2 = s.scan("a/", p1.next_after.as_deref(), 2, 0);
+        assert_eq!(
+            p2.items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            vec!["a/2", "a/3"]
+        );
+        assert_eq!(p2.next_after, None);
+        assert_eq!(s.scan("", None, 100, 0).items.len(), 5);
+        assert!(s.scan("zz", None, 10, 0).items.is_empty());
+    }
+
+    #[test]
+    fn cluster_id_is_set_once() {
+        let mut s = KvState::default();
+        s.apply(1, &Command::SetClusterId { id: "one".into() });
+        s.apply(2, &Command::SetClusterId { id: "two".into() });
+        assert_eq!(s.cluster_id(), Some("one"));
+    }
+
+    #[test]
+    fn from_parts_rebuilds_indexes() {
+        let mut s = KvState::default();
+        s.apply(1, &put("t", "v", Condition::None, Some(5), 0));
+        s.apply(2, &put("p", "v", Condition::None, None, 0));
+        let rebuilt = KvState::from_parts(
+            s.cluster_id().map(String::from),
+            s.iter().map(|(k, r)| (k.clone(), r.clone())),
+        );
+        assert_eq!(rebuilt, s);
+    }
+}

@@ -1,0 +1,10 @@
+//! Multi-node integration tests: real `ferrokv serve` processes on loopback, real HTTP.
+
+mod harness;
+
+mod bad_input;
+mod crud;
+mod durability;
+mod faults;
+mod membership;
+mod observability;
