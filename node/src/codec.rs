@@ -52,10 +52,7 @@ mod tests {
         assert_eq!(decode::<Command>(&bytes).unwrap(), cmd);
         let mut wrong = bytes.clone();
         wrong[0] = 9;
-        assert!(matches!(
-            decode::<Command>(&wrong),
-            Err(CodecError::UnknownVersion(9))
-        ));
+        assert!(matches!(decode::<Command>(&wrong), Err(CodecError::UnknownVersion(9))));
         assert!(matches!(decode::<Command>(&[]), Err(CodecError::Empty)));
         assert!(decode::<Command>(&bytes[..bytes.len() - 1]).is_err());
     }

@@ -35,11 +35,7 @@ pub enum Command {
         now_ms: u64,
     },
     /// Delete a key.
-    Delete {
-        key: String,
-        condition: Condition,
-        now_ms: u64,
-    },
+    Delete { key: String, condition: Condition, now_ms: u64 },
     /// Delete keys whose TTL ran out, each only if still at the given mod revision
     /// (a key rewritten since the leader decided keeps its new value).
     Expire { keys: Vec<(String, u64)> },
@@ -86,11 +82,7 @@ impl fmt::Display for Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     /// A put was applied.
-    Put {
-        created: bool,
-        revision: u64,
-        version: u64,
-    },
+    Put { created: bool, revision: u64, version: u64 },
     /// A delete removed the key.
     Deleted { revision: u64 },
     /// A delete found no key.
@@ -103,8 +95,5 @@ pub enum CommandResult {
 
 /// Milliseconds since the Unix epoch on this node's clock.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -92,13 +92,8 @@ pub struct InitialMembers(pub BTreeMap<u64, String>);
 pub fn parse_members(s: &str) -> Result<InitialMembers, String> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| format!("{part:?}: expected id=host:port"))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| format!("{part:?}: node id must be a positive integer"))?;
+        let (id, addr) = part.split_once('=').ok_or_else(|| format!("{part:?}: expected id=host:port"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("{part:?}: node id must be a positive integer"))?;
         let addr = addr.trim();
         if id == 0 || !addr.contains(':') {
             return Err(format!("{part:?}: expected id>=1 and host:port"));
@@ -115,15 +110,11 @@ pub fn parse_members(s: &str) -> Result<InitialMembers, String> {
 
 impl ServeArgs {
     pub fn advertised_grpc(&self) -> String {
-        self.advertise_grpc
-            .clone()
-            .unwrap_or_else(|| self.grpc_addr.to_string())
+        self.advertise_grpc.clone().unwrap_or_else(|| self.grpc_addr.to_string())
     }
 
     pub fn advertised_http(&self) -> String {
-        self.advertise_http
-            .clone()
-            .unwrap_or_else(|| self.http_addr.to_string())
+        self.advertise_http.clone().unwrap_or_else(|| self.http_addr.to_string())
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -20,11 +20,7 @@ impl fmt::Display for ApiError {
 
 impl ApiError {
     pub fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code: code.to_string(),
-            message: message.into(),
-        }
+        ApiError { status, code: code.to_string(), message: message.into() }
     }
 
     pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
@@ -62,20 +58,12 @@ impl ApiError {
 
 impl From<ApiError> for ferrokv_proto::ApiError {
     fn from(e: ApiError) -> Self {
-        ferrokv_proto::ApiError {
-            http_status: e.status.into(),
-            code: e.code,
-            message: e.message,
-        }
+        ferrokv_proto::ApiError { http_status: e.status.into(), code: e.code, message: e.message }
     }
 }
 
 impl From<ferrokv_proto::ApiError> for ApiError {
     fn from(e: ferrokv_proto::ApiError) -> Self {
-        ApiError {
-            status: u16::try_from(e.http_status).unwrap_or(500),
-            code: e.code,
-            message: e.message,
-        }
+        ApiError { status: u16::try_from(e.http_status).unwrap_or(500), code: e.code, message: e.message }
     }
 }

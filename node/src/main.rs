@@ -6,11 +6,7 @@ use ferrokv::cli;
 use ferrokv::config::ServeArgs;
 
 #[derive(Parser)]
-#[command(
-    name = "ferrokv",
-    version,
-    about = "Distributed, in-memory, strongly consistent key-value store"
-)]
+#[command(name = "ferrokv", version, about = "Distributed, in-memory, strongly consistent key-value store")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

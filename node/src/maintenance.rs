@@ -41,11 +41,7 @@ pub async fn run(service: Arc<Service>, mut stop: watch::Receiver<bool>) {
         let m = core.raft.metrics().borrow_watched().clone();
         if m.current_leader != leader {
             if leader.is_some() || m.current_leader.is_some() {
-                service
-                    .metrics
-                    .leader_changes
-                    .with_label_values(&["0"])
-                    .inc();
+                service.metrics.leader_changes.with_label_values(&["0"]).inc();
             }
             leader = m.current_leader;
         }
@@ -54,12 +50,8 @@ pub async fn run(service: Arc<Service>, mut stop: watch::Receiver<bool>) {
         }
         expire_keys(&service, &core).await;
         name_cluster(&service, &core).await;
-        let members: BTreeMap<RaftId, Member> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, n)| (*id, n.clone()))
-            .collect();
+        let members: BTreeMap<RaftId, Member> =
+            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
         fill_http_addresses(&service, &core, members).await;
     }
 }
@@ -71,11 +63,7 @@ async fn expire_keys(service: &Service, core: &Core) {
     }
     let n = keys.len() as u64;
     match service.write_as_leader(Command::Expire { keys }).await {
-        Ok(_) => service
-            .metrics
-            .expired_keys
-            .with_label_values(&["0"])
-            .inc_by(n),
+        Ok(_) => service.metrics.expired_keys.with_label_values(&["0"]).inc_by(n),
         Err(e) => tracing::debug!("expiring keys failed: {e}"),
     }
 }
@@ -85,10 +73,7 @@ async fn name_cluster(service: &Service, core: &Core) {
         return;
     }
     // 128 random bits from the std hasher's per-process random keys: no extra dependency.
-    let (a, b) = (
-        RandomState::new().hash_one(now_ms()),
-        RandomState::new().hash_one(core.raft_id),
-    );
+    let (a, b) = (RandomState::new().hash_one(now_ms()), RandomState::new().hash_one(core.raft_id));
     let id = format!("{a:016x}{b:016x}");
     if let Err(e) = service.write_as_leader(Command::SetClusterId { id }).await {
         tracing::debug!("naming the cluster failed: {e}");
@@ -102,19 +87,11 @@ async fn fill_http_addresses(service: &Service, core: &Core, members: BTreeMap<R
         let Ok(mut client) = service.pool.admin(&member.grpc_addr) else {
             continue;
         };
-        let call = client.status(StatusRequest {
-            group_id: DATA_GROUP,
-        });
+        let call = client.status(StatusRequest { group_id: DATA_GROUP });
         if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), call).await {
             let r = r.into_inner();
             if r.node_id == member.node_id && r.raft_id == id && !r.http_addr.is_empty() {
-                updates.insert(
-                    id,
-                    Member {
-                        http_addr: r.http_addr,
-                        ..member
-                    },
-                );
+                updates.insert(id, Member { http_addr: r.http_addr, ..member });
             }
         }
     }
@@ -122,11 +99,7 @@ async fn fill_http_addresses(service: &Service, core: &Core, members: BTreeMap<R
         return;
     }
     let _serial = service.admin_lock.lock().await;
-    if let Err(e) = core
-        .raft
-        .change_membership(ChangeMembers::SetNodes(updates), true)
-        .await
-    {
+    if let Err(e) = core.raft.change_membership(ChangeMembers::SetNodes(updates), true).await {
         tracing::debug!("recording members' HTTP addresses failed: {e}");
     }
 }

@@ -76,10 +76,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(Identity::load(dir.path()).unwrap(), None);
         assert!(!dir_has_content(dir.path()).unwrap());
-        let id = Identity {
-            node_id: 3,
-            raft_id: JOINED_ID_BASE + 17,
-        };
+        let id = Identity { node_id: 3, raft_id: JOINED_ID_BASE + 17 };
         id.store(dir.path()).unwrap();
         assert_eq!(Identity::load(dir.path()).unwrap(), Some(id));
         assert!(dir_has_content(dir.path()).unwrap());

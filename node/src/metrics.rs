@@ -39,23 +39,13 @@ pub struct Metrics {
 #[error("metrics: {0}")]
 pub struct MetricsError(#[from] prometheus::Error);
 
-fn counter(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<IntCounterVec, MetricsError> {
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, MetricsError> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
 }
 
-fn gauge(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<IntGaugeVec, MetricsError> {
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, MetricsError> {
     let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
@@ -65,14 +55,10 @@ impl Metrics {
     pub fn new() -> Result<Self, MetricsError> {
         let r = Registry::new();
         let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "ferrokv_http_request_duration_seconds",
-                "HTTP request latency by route and method.",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0,
-            ]),
+            HistogramOpts::new("ferrokv_http_request_duration_seconds", "HTTP request latency by route and method.")
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
             &["route", "method"],
         )?;
         r.register(Box::new(http_duration.clone()))?;
@@ -121,24 +107,14 @@ impl Metrics {
                 &["node_id", "raft_id", "version"],
             )?,
             raft_term: gauge(&r, "ferrokv_raft_term", "Current Raft term.", &["group"])?,
-            raft_is_leader: gauge(
-                &r,
-                "ferrokv_raft_is_leader",
-                "1 when this node leads the group.",
-                &["group"],
-            )?,
+            raft_is_leader: gauge(&r, "ferrokv_raft_is_leader", "1 when this node leads the group.", &["group"])?,
             raft_index: gauge(
                 &r,
                 "ferrokv_raft_index",
                 "Raft log positions: last_log, committed, applied, snapshot, purged.",
                 &["group", "kind"],
             )?,
-            raft_members: gauge(
-                &r,
-                "ferrokv_raft_members",
-                "Members of the group by role.",
-                &["group", "role"],
-            )?,
+            raft_members: gauge(&r, "ferrokv_raft_members", "Members of the group by role.", &["group", "role"])?,
             raft_replication_lag: gauge(
                 &r,
                 "ferrokv_raft_replication_lag_entries",
@@ -157,12 +133,7 @@ impl Metrics {
                 "Snapshots built and installed since start, and the last snapshot's size in bytes.",
                 &["group", "kind"],
             )?,
-            keys: gauge(
-                &r,
-                "ferrokv_keys",
-                "Keys stored in the state machine.",
-                &["group"],
-            )?,
+            keys: gauge(&r, "ferrokv_keys", "Keys stored in the state machine.", &["group"])?,
             state_bytes: gauge(
                 &r,
                 "ferrokv_state_bytes",
@@ -191,100 +162,52 @@ impl Metrics {
         use openraft::async_runtime::WatchReceiver as _;
         let g = "0";
         let Some(core) = service.try_core() else {
-            self.node_info
-                .with_label_values(&[
-                    &service.node_id().to_string(),
-                    "0",
-                    env!("CARGO_PKG_VERSION"),
-                ])
-                .set(1);
+            self.node_info.with_label_values(&[&service.node_id().to_string(), "0", env!("CARGO_PKG_VERSION")]).set(1);
             return;
         };
         self.node_info
-            .with_label_values(&[
-                &service.node_id().to_string(),
-                &core.raft_id.to_string(),
-                env!("CARGO_PKG_VERSION"),
-            ])
+            .with_label_values(&[&service.node_id().to_string(), &core.raft_id.to_string(), env!("CARGO_PKG_VERSION")])
             .set(1);
         let m = core.raft.metrics().borrow_watched().clone();
         let idx = |l: Option<&crate::types::LogId>| l.map_or(0, |l| l.index) as i64;
-        self.raft_term
-            .with_label_values(&[g])
-            .set(m.current_term as i64);
+        self.raft_term.with_label_values(&[g]).set(m.current_term as i64);
         let is_leader = m.current_leader == Some(core.raft_id);
-        self.raft_is_leader
-            .with_label_values(&[g])
-            .set(i64::from(is_leader));
-        self.raft_index
-            .with_label_values(&[g, "last_log"])
-            .set(m.last_log_index.unwrap_or(0) as i64);
-        self.raft_index
-            .with_label_values(&[g, "committed"])
-            .set(idx(m.local_committed.as_ref()));
-        self.raft_index
-            .with_label_values(&[g, "applied"])
-            .set(idx(m.last_applied.as_ref()));
-        self.raft_index
-            .with_label_values(&[g, "snapshot"])
-            .set(idx(m.snapshot.as_ref()));
-        self.raft_index
-            .with_label_values(&[g, "purged"])
-            .set(idx(m.purged.as_ref()));
+        self.raft_is_leader.with_label_values(&[g]).set(i64::from(is_leader));
+        self.raft_index.with_label_values(&[g, "last_log"]).set(m.last_log_index.unwrap_or(0) as i64);
+        self.raft_index.with_label_values(&[g, "committed"]).set(idx(m.local_committed.as_ref()));
+        self.raft_index.with_label_values(&[g, "applied"]).set(idx(m.last_applied.as_ref()));
+        self.raft_index.with_label_values(&[g, "snapshot"]).set(idx(m.snapshot.as_ref()));
+        self.raft_index.with_label_values(&[g, "purged"]).set(idx(m.purged.as_ref()));
         let membership = m.membership_config.membership();
         let voters = membership.voter_ids().count() as i64;
         let learners = membership.learner_ids().count() as i64;
-        self.raft_members
-            .with_label_values(&[g, "voter"])
-            .set(voters);
-        self.raft_members
-            .with_label_values(&[g, "learner"])
-            .set(learners);
+        self.raft_members.with_label_values(&[g, "voter"]).set(voters);
+        self.raft_members.with_label_values(&[g, "learner"]).set(learners);
         self.raft_replication_lag.reset();
         if let Some(repl) = m.replication.as_ref() {
             let last = m.last_log_index.unwrap_or(0);
             for (id, matched) in repl {
-                let peer = membership
-                    .get_node(id)
-                    .map_or_else(|| id.to_string(), |n| n.node_id.to_string());
+                let peer = membership.get_node(id).map_or_else(|| id.to_string(), |n| n.node_id.to_string());
                 let lag = last.saturating_sub(matched.as_ref().map_or(0, |l| l.index));
-                self.raft_replication_lag
-                    .with_label_values(&[g, &peer])
-                    .set(lag as i64);
+                self.raft_replication_lag.with_label_values(&[g, &peer]).set(lag as i64);
             }
         }
         let ack = match m.last_quorum_acked.as_ref() {
             Some(at) if is_leader => openraft::Instant::elapsed(&**at).as_millis() as i64,
             _ => -1,
         };
-        self.raft_millis_since_quorum_ack
-            .with_label_values(&[g])
-            .set(ack);
+        self.raft_millis_since_quorum_ack.with_label_values(&[g]).set(ack);
         let c = core.sm.counters();
         use std::sync::atomic::Ordering::Relaxed;
-        self.snapshots
-            .with_label_values(&[g, "built"])
-            .set(c.snapshots_built.load(Relaxed) as i64);
-        self.snapshots
-            .with_label_values(&[g, "installed"])
-            .set(c.snapshots_installed.load(Relaxed) as i64);
-        self.snapshots
-            .with_label_values(&[g, "last_bytes"])
-            .set(c.snapshot_bytes.load(Relaxed) as i64);
-        let (keys, bytes) = core
-            .sm
-            .read(|sm| (sm.kv.len() as i64, sm.kv.approx_bytes() as i64));
+        self.snapshots.with_label_values(&[g, "built"]).set(c.snapshots_built.load(Relaxed) as i64);
+        self.snapshots.with_label_values(&[g, "installed"]).set(c.snapshots_installed.load(Relaxed) as i64);
+        self.snapshots.with_label_values(&[g, "last_bytes"]).set(c.snapshot_bytes.load(Relaxed) as i64);
+        let (keys, bytes) = core.sm.read(|sm| (sm.kv.len() as i64, sm.kv.approx_bytes() as i64));
         self.keys.with_label_values(&[g]).set(keys);
         self.state_bytes.with_label_values(&[g]).set(bytes);
         let s = core.log.stats();
-        self.wal
-            .with_label_values(&[g, "entries"])
-            .set(s.entries as i64);
-        self.wal
-            .with_label_values(&[g, "bytes"])
-            .set(s.wal_bytes as i64);
-        self.wal
-            .with_label_values(&[g, "fsyncs"])
-            .set(s.fsyncs as i64);
+        self.wal.with_label_values(&[g, "entries"]).set(s.entries as i64);
+        self.wal.with_label_values(&[g, "bytes"]).set(s.wal_bytes as i64);
+        self.wal.with_label_values(&[g, "fsyncs"]).set(s.fsyncs as i64);
     }
 }

@@ -24,28 +24,18 @@ use crate::service::Service;
 pub async fn run(cfg: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let service = Service::new(cfg.clone(), Arc::new(Metrics::new()?));
-    let http_listener = TcpListener::bind(cfg.http_addr)
-        .await
-        .with_context(|| format!("binding HTTP {}", cfg.http_addr))?;
-    let grpc_listener = TcpListener::bind(cfg.grpc_addr)
-        .await
-        .with_context(|| format!("binding gRPC {}", cfg.grpc_addr))?;
+    let http_listener =
+        TcpListener::bind(cfg.http_addr).await.with_context(|| format!("binding HTTP {}", cfg.http_addr))?;
+    let grpc_listener =
+        TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding gRPC {}", cfg.grpc_addr))?;
     tracing::info!(node_id = cfg.node_id, http = %cfg.http_addr, grpc = %cfg.grpc_addr, data_dir = %cfg.data_dir.display(), "ferrokv node starting");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let grpc = tokio::spawn(grpc::serve(
-        service.clone(),
-        grpc_listener,
-        stopped(stop_rx.clone()),
-    ));
-    let http = tokio::spawn(http::serve(
-        service.clone(),
-        http_listener,
-        stopped(stop_rx.clone()),
-    ));
+    let grpc = tokio::spawn(grpc::serve(service.clone(), grpc_listener, stopped(stop_rx.clone())));
+    let http = tokio::spawn(http::serve(service.clone(), http_listener, stopped(stop_rx.clone())));
     let maint = tokio::spawn(maintenance::run(service.clone(), stop_rx.clone()));
     let mut boot = tokio::spawn(bootstrap::start(service.clone()));
 
@@ -84,21 +74,13 @@ async fn stop(service: &Service) {
         return;
     };
     if core.raft.is_leader() {
-        match tokio::time::timeout(
-            Duration::from_secs(3),
-            service.transfer_leadership_as_leader(core, None),
-        )
-        .await
-        {
+        match tokio::time::timeout(Duration::from_secs(3), service.transfer_leadership_as_leader(core, None)).await {
             Ok(Ok(to)) => tracing::info!(?to, "handed leadership over"),
             Ok(Err(e)) => tracing::warn!("leadership transfer failed: {e}"),
             Err(_) => tracing::warn!("leadership transfer timed out"),
         }
     }
-    if tokio::time::timeout(Duration::from_secs(5), core.raft.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(5), core.raft.shutdown()).await.is_err() {
         tracing::warn!("raft did not stop in time");
     }
     // close() blocks until the queue is on disk: keep it off the async workers.

@@ -27,46 +27,31 @@ impl Telemetry {
 }
 
 fn otlp_configured() -> bool {
-    [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    ]
-    .iter()
-    .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty()))
+    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty()))
 }
 
 /// Install the global subscriber. Must run inside the Tokio runtime (the OTLP exporter uses it).
 pub fn init(format: LogFormat, service_name: &str) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,h2=warn,tower=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,h2=warn,tower=warn"));
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
     };
     let provider = if otlp_configured() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()?;
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
         Some(
             SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
-                .with_resource(
-                    Resource::builder()
-                        .with_service_name(service_name.to_string())
-                        .build(),
-                )
+                .with_resource(Resource::builder().with_service_name(service_name.to_string()).build())
                 .build(),
         )
     } else {
         None
     };
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("ferrokv")));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .try_init()?;
+    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("ferrokv")));
+    tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
     Ok(Telemetry { provider })
 }

@@ -34,11 +34,7 @@ pub struct Member {
 
 impl fmt::Display for Member {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "node {} (grpc {}, http {})",
-            self.node_id, self.grpc_addr, self.http_addr
-        )
+        write!(f, "node {} (grpc {}, http {})", self.node_id, self.grpc_addr, self.http_addr)
     }
 }
 

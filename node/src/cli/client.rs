@@ -27,13 +27,7 @@ const MAX_RAW_ERROR_CHARS: usize = 200;
 #[derive(Debug, Clone, Args)]
 pub struct ClientOpts {
     /// Base URL of any ferrokv node's HTTP API.
-    #[arg(
-        long,
-        global = true,
-        env = "FERROKV_ENDPOINT",
-        default_value = "http://127.0.0.1:8081",
-        value_name = "URL"
-    )]
+    #[arg(long, global = true, env = "FERROKV_ENDPOINT", default_value = "http://127.0.0.1:8081", value_name = "URL")]
     pub endpoint: String,
 
     /// Print machine-readable JSON instead of human-oriented text.
@@ -85,27 +79,16 @@ impl ApiError {
     /// still get a usable code, `http_<status>`, so scripts can match on it.
     pub fn from_body(status: StatusCode, body: &[u8]) -> Self {
         if let Ok(env) = serde_json::from_slice::<ErrorEnvelope>(body) {
-            return Self {
-                status,
-                code: env.error.code,
-                message: env.error.message,
-            };
+            return Self { status, code: env.error.code, message: env.error.message };
         }
         let text = String::from_utf8_lossy(body);
         let text = text.trim();
         let message = if text.is_empty() {
-            status
-                .canonical_reason()
-                .unwrap_or("request failed")
-                .to_owned()
+            status.canonical_reason().unwrap_or("request failed").to_owned()
         } else {
             truncate_chars(text, MAX_RAW_ERROR_CHARS)
         };
-        Self {
-            status,
-            code: format!("http_{}", status.as_u16()),
-            message,
-        }
+        Self { status, code: format!("http_{}", status.as_u16()), message }
     }
 }
 
@@ -169,10 +152,7 @@ impl ApiClient {
     /// Sends `req`; non-2xx responses become an [`ApiError`] (not wrapped in
     /// extra context, so `print_error` shows exactly `code: message`).
     pub async fn send(&self, req: RequestBuilder) -> anyhow::Result<Response> {
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach ferrokv at {}", self.base))?;
+        let resp = req.send().await.with_context(|| format!("cannot reach ferrokv at {}", self.base))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -183,16 +163,10 @@ impl ApiClient {
     }
 
     /// Sends `req` and decodes a JSON success body.
-    pub async fn send_json<T: serde::de::DeserializeOwned>(
-        &self,
-        req: RequestBuilder,
-    ) -> anyhow::Result<T> {
+    pub async fn send_json<T: serde::de::DeserializeOwned>(&self, req: RequestBuilder) -> anyhow::Result<T> {
         let resp = self.send(req).await?;
         let url = resp.url().clone();
-        let body = resp
-            .bytes()
-            .await
-            .with_context(|| format!("reading response from {url}"))?;
+        let body = resp.bytes().await.with_context(|| format!("reading response from {url}"))?;
         serde_json::from_slice(&body).with_context(|| format!("invalid JSON from {url}"))
     }
 }

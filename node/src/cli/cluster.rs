@@ -82,19 +82,14 @@ pub async fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
 /// Accepts `host:port` / `[v6]:port` with a numeric port, so obvious typos
 /// are caught before the cluster stores an unreachable address.
 fn parse_host_port(s: &str) -> Result<String, String> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("expected HOST:PORT, got {s:?}"))?;
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("expected HOST:PORT, got {s:?}"))?;
     if host.is_empty() {
         return Err(format!("missing host in {s:?}"));
     }
     if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-        return Err(format!(
-            "IPv6 hosts must be bracketed, e.g. [::1]:9081, got {s:?}"
-        ));
+        return Err(format!("IPv6 hosts must be bracketed, e.g. [::1]:9081, got {s:?}"));
     }
-    port.parse::<u16>()
-        .map_err(|_| format!("invalid port {port:?} in {s:?}"))?;
+    port.parse::<u16>().map_err(|_| format!("invalid port {port:?} in {s:?}"))?;
     Ok(s.to_owned())
 }
 
@@ -143,8 +138,7 @@ async fn status(api: &ApiClient, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&raw);
     }
-    let status: ClusterStatus =
-        serde_json::from_value(raw).context("unexpected /v1/cluster response")?;
+    let status: ClusterStatus = serde_json::from_value(raw).context("unexpected /v1/cluster response")?;
     print!("{}", format_status(&status));
     Ok(())
 }
@@ -182,11 +176,7 @@ fn member_rows(members: &[Member]) -> Vec<Vec<String>> {
             display_value(&m.grpc_addr),
             display_value(&m.http_addr),
             display_value(&m.matched_index),
-            if m.is_leader {
-                "*".to_owned()
-            } else {
-                String::new()
-            },
+            if m.is_leader { "*".to_owned() } else { String::new() },
         ]);
     }
     rows
@@ -196,13 +186,7 @@ fn member_rows(members: &[Member]) -> Vec<Vec<String>> {
 fn render_table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|cell| cell.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|cell| cell.chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for row in rows {
@@ -219,19 +203,12 @@ fn render_table(rows: &[Vec<String>]) -> String {
 // ---------------------------------------------------------------- changes
 
 async fn add(api: &ApiClient, args: AddArgs, json: bool) -> anyhow::Result<()> {
-    let req = api
-        .request(Method::POST, "/v1/cluster/members")?
-        .json(&add_body(&args));
+    let req = api.request(Method::POST, "/v1/cluster/members")?.json(&add_body(&args));
     let resp: Value = api.send_json(req).await?;
     if json {
         return print_json(&resp);
     }
-    println!(
-        "OK added node {} (raft id {}) grpc={}",
-        args.node_id,
-        display_value(&resp["raft_id"]),
-        args.grpc_addr
-    );
+    println!("OK added node {} (raft id {}) grpc={}", args.node_id, display_value(&resp["raft_id"]), args.grpc_addr);
     Ok(())
 }
 
@@ -308,28 +285,17 @@ mod tests {
 
     #[test]
     fn parse_subcommands() {
-        assert!(matches!(
-            parse(&["status"]).expect("p").command,
-            ClusterCommand::Status
-        ));
+        assert!(matches!(parse(&["status"]).expect("p").command, ClusterCommand::Status));
         let a = parse(&["add", "--node-id", "4", "--grpc-addr", "h:9084"]).expect("p");
-        let ClusterCommand::Add(add) = a.command else {
-            panic!("not add")
-        };
+        let ClusterCommand::Add(add) = a.command else { panic!("not add") };
         assert_eq!(add.node_id, 4);
         assert_eq!(add.http_addr, None);
         assert!(parse(&["add", "--grpc-addr", "h:9084"]).is_err());
         let a = parse(&["remove", "3", "--json"]).expect("p");
         assert!(a.client.json);
-        assert!(matches!(
-            a.command,
-            ClusterCommand::Remove(RemoveArgs { id: 3 })
-        ));
+        assert!(matches!(a.command, ClusterCommand::Remove(RemoveArgs { id: 3 })));
         let a = parse(&["transfer-leader", "--to", "2"]).expect("p");
-        assert!(matches!(
-            a.command,
-            ClusterCommand::TransferLeader(TransferArgs { to: Some(2) })
-        ));
+        assert!(matches!(a.command, ClusterCommand::TransferLeader(TransferArgs { to: Some(2) })));
         assert!(parse(&["remove", "x"]).is_err());
     }
 
@@ -346,11 +312,7 @@ mod tests {
 
     #[test]
     fn add_body_omits_missing_http_addr() {
-        let args = AddArgs {
-            node_id: 4,
-            grpc_addr: "h:1".into(),
-            http_addr: None,
-        };
+        let args = AddArgs { node_id: 4, grpc_addr: "h:1".into(), http_addr: None };
         assert_eq!(add_body(&args), json!({"node_id": 4, "grpc_addr": "h:1"}));
     }
 
@@ -384,8 +346,7 @@ ID  RAFT ID  ROLE     GRPC            HTTP            MATCHED  LEADER
 
     #[test]
     fn status_without_leader() {
-        let s: ClusterStatus =
-            serde_json::from_value(json!({"leader_id": null, "members": []})).expect("status");
+        let s: ClusterStatus = serde_json::from_value(json!({"leader_id": null, "members": []})).expect("status");
         assert!(format_status(&s).contains("leader:   none"));
     }
 }

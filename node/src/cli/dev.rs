@@ -103,11 +103,7 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let data = DataDir::prepare(&args)?;
     let probe = probe_client()?;
 
-    note!(
-        "starting {} node(s), data in {}",
-        nodes.len(),
-        data.path.display()
-    );
+    note!("starting {} node(s), data in {}", nodes.len(), data.path.display());
     let mut cluster = match Cluster::spawn(&exe, &nodes, &data.path) {
         Ok(cluster) => cluster,
         Err(e) => {
@@ -196,10 +192,7 @@ fn port_range(first: u16, count: u16, flag: &str) -> anyhow::Result<std::ops::Ra
 
 /// Accepts `127.0.0.1`, `localhost`, `::1` or `[::1]`; returns the bare host.
 fn normalize_host(host: &str) -> anyhow::Result<String> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     if bare.is_empty() || bare.contains(char::is_whitespace) || bare.contains('/') {
         bail!("invalid --host {host:?}");
     }
@@ -208,11 +201,7 @@ fn normalize_host(host: &str) -> anyhow::Result<String> {
 
 /// `host:port`, bracketing IPv6 literals as URLs and socket addresses need.
 fn join_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
 /// Wildcard bind addresses can't be connected to; use loopback instead.
@@ -226,11 +215,7 @@ fn client_host(host: &str) -> &str {
 
 /// `1=host:9081,2=host:9082,...`: the gRPC addresses of the initial voters.
 fn initial_members(nodes: &[NodePlan]) -> String {
-    nodes
-        .iter()
-        .map(|n| format!("{}={}", n.id, n.grpc_addr))
-        .collect::<Vec<_>>()
-        .join(",")
+    nodes.iter().map(|n| format!("{}={}", n.id, n.grpc_addr)).collect::<Vec<_>>().join(",")
 }
 
 /// Arguments of one child: `serve --node-id ... --initial-members ...`.
@@ -283,20 +268,12 @@ impl DataDir {
     fn prepare(args: &DevArgs) -> anyhow::Result<Self> {
         match &args.data_dir {
             Some(dir) => {
-                fs::create_dir_all(dir)
-                    .with_context(|| format!("creating data dir {}", dir.display()))?;
+                fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
                 // Absolute, so paths printed and passed to children are unambiguous.
-                let path = fs::canonicalize(dir)
-                    .with_context(|| format!("resolving data dir {}", dir.display()))?;
-                Ok(Self {
-                    path,
-                    remove_on_exit: false,
-                })
+                let path = fs::canonicalize(dir).with_context(|| format!("resolving data dir {}", dir.display()))?;
+                Ok(Self { path, remove_on_exit: false })
             }
-            None => Ok(Self {
-                path: create_temp_dir()?,
-                remove_on_exit: !args.keep_data,
-            }),
+            None => Ok(Self { path: create_temp_dir()?, remove_on_exit: !args.keep_data }),
         }
     }
 
@@ -305,8 +282,7 @@ impl DataDir {
         if !self.remove_on_exit {
             return Ok(false);
         }
-        fs::remove_dir_all(&self.path)
-            .with_context(|| format!("removing {}", self.path.display()))?;
+        fs::remove_dir_all(&self.path).with_context(|| format!("removing {}", self.path.display()))?;
         Ok(true)
     }
 }
@@ -316,10 +292,8 @@ impl DataDir {
 fn create_temp_dir() -> anyhow::Result<PathBuf> {
     let root = std::env::temp_dir();
     let pid = std::process::id();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     for attempt in 0..100u32 {
         let path = root.join(format!("ferrokv-dev-{pid}-{nanos:x}-{attempt}"));
         match fs::create_dir(&path) {
@@ -330,10 +304,7 @@ fn create_temp_dir() -> anyhow::Result<PathBuf> {
             }
         }
     }
-    bail!(
-        "could not create a temporary directory in {}",
-        root.display()
-    )
+    bail!("could not create a temporary directory in {}", root.display())
 }
 
 // ---------------------------------------------------------------- processes
@@ -366,10 +337,7 @@ impl Cluster {
         let mut nodes = Vec::with_capacity(plans.len());
         for plan in plans {
             let child = spawn_node(exe, plan, base, &members)?;
-            nodes.push(RunningNode {
-                plan: plan.clone(),
-                child,
-            });
+            nodes.push(RunningNode { plan: plan.clone(), child });
         }
         Ok(Self { nodes })
     }
@@ -405,13 +373,7 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let pending = self
-                    .nodes
-                    .iter()
-                    .zip(&ready)
-                    .filter(|(_, r)| !**r)
-                    .map(|(n, _)| n.plan.id)
-                    .collect();
+                let pending = self.nodes.iter().zip(&ready).filter(|(_, r)| !**r).map(|(n, _)| n.plan.id).collect();
                 return Err(Stop::NotReady(pending));
             }
             tokio::time::sleep(READY_POLL).await;
@@ -469,9 +431,7 @@ fn spawn_node(exe: &Path, plan: &NodePlan, base: &Path, members: &str) -> anyhow
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let log_err = log
-        .try_clone()
-        .with_context(|| format!("opening {}", log_path.display()))?;
+    let log_err = log.try_clone().with_context(|| format!("opening {}", log_path.display()))?;
     Command::new(exe)
         .args(serve_args(plan, base, members))
         .stdin(Stdio::null())
@@ -540,10 +500,7 @@ fn probe_client() -> anyhow::Result<reqwest::Client> {
 }
 
 async fn probe_ready(probe: &reqwest::Client, base: &str) -> bool {
-    let fut = probe
-        .get(format!("{base}/readyz"))
-        .timeout(PROBE_TIMEOUT)
-        .send();
+    let fut = probe.get(format!("{base}/readyz")).timeout(PROBE_TIMEOUT).send();
     matches!(fut.await, Ok(resp) if resp.status().is_success())
 }
 
@@ -576,22 +533,13 @@ async fn fetch_leader(probe: &reqwest::Client, base: &str) -> Option<u64> {
 async fn print_banner(probe: &reqwest::Client, cluster: &Cluster, data: &DataDir) {
     let leader = find_leader(probe, cluster).await;
     let plans: Vec<NodePlan> = cluster.nodes.iter().map(|n| n.plan.clone()).collect();
-    print!(
-        "{}",
-        format_banner(&plans, &data.path, data.remove_on_exit, leader)
-    );
+    print!("{}", format_banner(&plans, &data.path, data.remove_on_exit, leader));
 }
 
 fn format_banner(nodes: &[NodePlan], base: &Path, temporary: bool, leader: Option<u64>) -> String {
     let mut out = format!("\nferrokv dev cluster ready ({} node(s))\n\n", nodes.len());
     for n in nodes {
-        out.push_str(&format!(
-            "  node {}  {}  grpc {}  log {}\n",
-            n.id,
-            n.url,
-            n.grpc_addr,
-            n.log(base).display()
-        ));
+        out.push_str(&format!("  node {}  {}  grpc {}  log {}\n", n.id, n.url, n.grpc_addr, n.log(base).display()));
     }
     let leader_line = match leader.and_then(|id| nodes.iter().find(|n| n.id == id)) {
         Some(n) => format!("node {} ({})", n.id, n.url),
@@ -601,11 +549,7 @@ fn format_banner(nodes: &[NodePlan], base: &Path, temporary: bool, leader: Optio
         },
     };
     out.push_str(&format!("\nleader: {leader_line}\n"));
-    let note = if temporary {
-        "deleted on exit; --keep-data keeps it"
-    } else {
-        "kept on exit"
-    };
+    let note = if temporary { "deleted on exit; --keep-data keeps it" } else { "kept on exit" };
     out.push_str(&format!("data:   {} ({note})\n", base.display()));
     if let Some(first) = nodes.first() {
         let url = &first.url;
@@ -630,10 +574,7 @@ fn report_stop(stop: &Stop, cluster: &Cluster, base: &Path) {
             }
         }
         Stop::NotReady(ids) => {
-            note!(
-                "\nnodes {ids:?} not ready after {}s",
-                READY_TIMEOUT.as_secs()
-            );
+            note!("\nnodes {ids:?} not ready after {}s", READY_TIMEOUT.as_secs());
             for node in cluster.nodes.iter().filter(|n| ids.contains(&n.plan.id)) {
                 print_log_tail(&node.plan.log(base));
             }
@@ -652,10 +593,7 @@ fn finish(stop: Stop, data: DataDir) -> anyhow::Result<()> {
             Ok(())
         }
         // Failures keep the data dir: the logs are what explains them.
-        Stop::NodeExited { .. } => Err(anyhow!(
-            "a node exited unexpectedly; logs kept in {}",
-            data.path.display()
-        )),
+        Stop::NodeExited { .. } => Err(anyhow!("a node exited unexpectedly; logs kept in {}", data.path.display())),
         Stop::NotReady(_) => Err(anyhow!(
             "cluster did not become ready within {}s; logs kept in {}",
             READY_TIMEOUT.as_secs(),
@@ -735,38 +673,14 @@ mod tests {
     #[test]
     fn ports_are_consecutive() {
         let plans = plan_nodes(&parse(&[]).expect("parse")).expect("plan");
-        let addrs: Vec<_> = plans
-            .iter()
-            .map(|p| {
-                (
-                    p.id,
-                    p.http_addr.as_str(),
-                    p.grpc_addr.as_str(),
-                    p.url.as_str(),
-                )
-            })
-            .collect();
+        let addrs: Vec<_> =
+            plans.iter().map(|p| (p.id, p.http_addr.as_str(), p.grpc_addr.as_str(), p.url.as_str())).collect();
         assert_eq!(
             addrs,
             vec![
-                (
-                    1,
-                    "127.0.0.1:8081",
-                    "127.0.0.1:9081",
-                    "http://127.0.0.1:8081"
-                ),
-                (
-                    2,
-                    "127.0.0.1:8082",
-                    "127.0.0.1:9082",
-                    "http://127.0.0.1:8082"
-                ),
-                (
-                    3,
-                    "127.0.0.1:8083",
-                    "127.0.0.1:9083",
-                    "http://127.0.0.1:8083"
-                ),
+                (1, "127.0.0.1:8081", "127.0.0.1:9081", "http://127.0.0.1:8081"),
+                (2, "127.0.0.1:8082", "127.0.0.1:9082", "http://127.0.0.1:8082"),
+                (3, "127.0.0.1:8083", "127.0.0.1:9083", "http://127.0.0.1:8083"),
             ]
         );
     }
@@ -792,26 +706,20 @@ mod tests {
     #[test]
     fn initial_members_string() {
         let plans = plan_nodes(&parse(&["--host", "10.0.0.5"]).expect("parse")).expect("plan");
-        assert_eq!(
-            initial_members(&plans),
-            "1=10.0.0.5:9081,2=10.0.0.5:9082,3=10.0.0.5:9083"
-        );
+        assert_eq!(initial_members(&plans), "1=10.0.0.5:9081,2=10.0.0.5:9082,3=10.0.0.5:9083");
         let one = plan_nodes(&parse(&["--nodes", "1"]).expect("parse")).expect("plan");
         assert_eq!(initial_members(&one), "1=127.0.0.1:9081");
     }
 
     #[test]
     fn ipv6_and_wildcard_hosts() {
-        let plans =
-            plan_nodes(&parse(&["--host", "::1", "--nodes", "1"]).expect("parse")).expect("plan");
+        let plans = plan_nodes(&parse(&["--host", "::1", "--nodes", "1"]).expect("parse")).expect("plan");
         assert_eq!(plans[0].grpc_addr, "[::1]:9081");
         assert_eq!(plans[0].url, "http://[::1]:8081");
-        let plans =
-            plan_nodes(&parse(&["--host", "[::]", "--nodes", "1"]).expect("parse")).expect("plan");
+        let plans = plan_nodes(&parse(&["--host", "[::]", "--nodes", "1"]).expect("parse")).expect("plan");
         assert_eq!(plans[0].http_addr, "[::]:8081");
         assert_eq!(plans[0].url, "http://[::1]:8081");
-        let plans = plan_nodes(&parse(&["--host", "0.0.0.0", "--nodes", "1"]).expect("parse"))
-            .expect("plan");
+        let plans = plan_nodes(&parse(&["--host", "0.0.0.0", "--nodes", "1"]).expect("parse")).expect("plan");
         assert_eq!(plans[0].url, "http://127.0.0.1:8081");
         assert!(plan_nodes(&parse(&["--host", ""]).expect("parse")).is_err());
     }
@@ -821,10 +729,7 @@ mod tests {
         let plans = plan_nodes(&parse(&["--nodes", "2"]).expect("parse")).expect("plan");
         let members = initial_members(&plans);
         let args = serve_args(&plans[1], Path::new("/d"), &members);
-        let args: Vec<_> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args: Vec<_> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
             args,
             [
@@ -841,10 +746,7 @@ mod tests {
                 "1=127.0.0.1:9081,2=127.0.0.1:9082",
             ]
         );
-        assert_eq!(
-            plans[1].log(Path::new("/d")),
-            PathBuf::from("/d/node-2.log")
-        );
+        assert_eq!(plans[1].log(Path::new("/d")), PathBuf::from("/d/node-2.log"));
     }
 
     #[test]
@@ -874,9 +776,7 @@ mod tests {
     fn banner_mentions_everything() {
         let plans = plan_nodes(&parse(&["--nodes", "2"]).expect("parse")).expect("plan");
         let text = format_banner(&plans, Path::new("/d"), true, Some(2));
-        assert!(
-            text.contains("node 1  http://127.0.0.1:8081  grpc 127.0.0.1:9081  log /d/node-1.log")
-        );
+        assert!(text.contains("node 1  http://127.0.0.1:8081  grpc 127.0.0.1:9081  log /d/node-1.log"));
         assert!(text.contains("leader: node 2 (http://127.0.0.1:8082)"));
         assert!(text.contains("curl http://127.0.0.1:8081/v1/kv/hello"));
         assert!(text.contains("deleted on exit"));

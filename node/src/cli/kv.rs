@@ -283,13 +283,9 @@ async fn put(api: &ApiClient, args: PutArgs, json: bool) -> anyhow::Result<()> {
     let created = resp.status() == StatusCode::CREATED;
     let url = resp.url().clone();
     let bytes = resp.bytes().await.context("reading put response")?;
-    let put: PutResponse =
-        serde_json::from_slice(&bytes).with_context(|| format!("invalid JSON from {url}"))?;
+    let put: PutResponse = serde_json::from_slice(&bytes).with_context(|| format!("invalid JSON from {url}"))?;
     if json {
-        print_json(&PutOutput {
-            response: &put,
-            created,
-        })
+        print_json(&PutOutput { response: &put, created })
     } else {
         println!("{}", format_put(&put, created));
         Ok(())
@@ -302,15 +298,10 @@ fn read_put_value(args: &PutArgs) -> anyhow::Result<Vec<u8>> {
         (Some(v), _) => Ok(v.clone().into_bytes()),
         (None, Some(path)) if path.as_os_str() == "-" => {
             let mut buf = Vec::new();
-            std::io::stdin()
-                .lock()
-                .read_to_end(&mut buf)
-                .context("reading value from stdin")?;
+            std::io::stdin().lock().read_to_end(&mut buf).context("reading value from stdin")?;
             Ok(buf)
         }
-        (None, Some(path)) => {
-            std::fs::read(path).with_context(|| format!("reading value from {}", path.display()))
-        }
+        (None, Some(path)) => std::fs::read(path).with_context(|| format!("reading value from {}", path.display())),
         // clap's required `source` group makes this unreachable in practice.
         (None, None) => bail!("give a VALUE or --file PATH"),
     }
@@ -318,12 +309,7 @@ fn read_put_value(args: &PutArgs) -> anyhow::Result<Vec<u8>> {
 
 fn format_put(put: &PutResponse, created: bool) -> String {
     let what = if created { "created" } else { "replaced" };
-    format!(
-        "OK {what} key={} revision={} version={}",
-        escape_human(&put.key),
-        put.revision,
-        put.version
-    )
+    format!("OK {what} key={} revision={} version={}", escape_human(&put.key), put.revision, put.version)
 }
 
 // ---------------------------------------------------------------- delete
@@ -401,11 +387,7 @@ async fn list(api: &ApiClient, args: ListArgs, json: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn fetch_page(
-    api: &ApiClient,
-    args: &ListArgs,
-    after: Option<&str>,
-) -> anyhow::Result<ListPage> {
+async fn fetch_page(api: &ApiClient, args: &ListArgs, after: Option<&str>) -> anyhow::Result<ListPage> {
     let mut query: Vec<(&str, String)> = Vec::new();
     if let Some(p) = &args.prefix {
         query.push(("prefix", p.clone()));
@@ -426,8 +408,7 @@ async fn fetch_page(
 fn print_items(items: &[Value]) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for raw in items {
-        let item: ListItem =
-            serde_json::from_value(raw.clone()).context("unexpected list item from server")?;
+        let item: ListItem = serde_json::from_value(raw.clone()).context("unexpected list item from server")?;
         writeln!(out, "{}", format_list_line(&item)).context("writing to stdout")?;
     }
     out.flush().context("writing to stdout")
@@ -440,9 +421,7 @@ fn format_list_line(item: &ListItem) -> String {
         Some("base64") => format!("base64:{value}"),
         _ => escape_human(value),
     };
-    let rev = item
-        .revision
-        .map_or_else(|| "-".to_owned(), |r| r.to_string());
+    let rev = item.revision.map_or_else(|| "-".to_owned(), |r| r.to_string());
     let mut line = format!("{}\t{value}\trev={rev}", escape_human(&item.key));
     if let Some(ttl) = item.ttl {
         line.push_str(&format!(" ttl={ttl}"));
@@ -487,17 +466,13 @@ mod tests {
         let a = parse(&["get", "a/b"]).expect("parse");
         assert_eq!(a.client.endpoint, "http://127.0.0.1:8081");
         assert!(!a.client.json);
-        let KvCommand::Get(g) = a.command else {
-            panic!("not get")
-        };
+        let KvCommand::Get(g) = a.command else { panic!("not get") };
         assert_eq!(g.key, "a/b");
         assert_eq!(g.consistency, None);
 
         let a = parse(&["get", "k", "--consistency", "stale", "--json"]).expect("parse");
         assert!(a.client.json);
-        let KvCommand::Get(g) = a.command else {
-            panic!("not get")
-        };
+        let KvCommand::Get(g) = a.command else { panic!("not get") };
         assert_eq!(g.consistency, Some(Consistency::Stale));
         assert!(parse(&["get", "k", "--consistency", "eventual"]).is_err());
     }
@@ -514,9 +489,7 @@ mod tests {
         assert!(parse(&["put", "k"]).is_err());
         assert!(parse(&["put", "k", "v", "--file", "f"]).is_err());
         let a = parse(&["put", "k", "--file", "-", "--ttl", "30"]).expect("parse");
-        let KvCommand::Put(p) = a.command else {
-            panic!("not put")
-        };
+        let KvCommand::Put(p) = a.command else { panic!("not put") };
         assert_eq!(p.file, Some(PathBuf::from("-")));
         assert_eq!(p.ttl, Some(30));
     }
@@ -524,19 +497,8 @@ mod tests {
     #[test]
     fn put_conditions_conflict() {
         assert!(parse(&["put", "k", "v", "--if-revision", "3", "--if-absent"]).is_err());
-        let a = parse(&[
-            "put",
-            "k",
-            "v",
-            "--if-revision",
-            "3",
-            "--content-type",
-            "text/plain",
-        ])
-        .expect("parse");
-        let KvCommand::Put(p) = a.command else {
-            panic!("not put")
-        };
+        let a = parse(&["put", "k", "v", "--if-revision", "3", "--content-type", "text/plain"]).expect("parse");
+        let KvCommand::Put(p) = a.command else { panic!("not put") };
         assert_eq!(p.if_revision, Some(3));
         assert_eq!(p.content_type.as_deref(), Some("text/plain"));
         assert!(parse(&["put", "k", "v", "--ttl", "0"]).is_err());
@@ -544,13 +506,8 @@ mod tests {
 
     #[test]
     fn list_flags() {
-        let a = parse(&[
-            "list", "--prefix", "a/", "--limit", "2", "--after", "a/1", "--all",
-        ])
-        .expect("parse");
-        let KvCommand::List(l) = a.command else {
-            panic!("not list")
-        };
+        let a = parse(&["list", "--prefix", "a/", "--limit", "2", "--after", "a/1", "--all"]).expect("parse");
+        let KvCommand::List(l) = a.command else { panic!("not list") };
         assert_eq!(l.prefix.as_deref(), Some("a/"));
         assert_eq!(l.limit, Some(2));
         assert_eq!(l.after.as_deref(), Some("a/1"));
@@ -585,28 +542,15 @@ mod tests {
         let m = meta_from_headers(&h);
         assert_eq!(
             m,
-            ValueMeta {
-                revision: Some(12),
-                version: Some(3),
-                content_type: Some("text/plain".into()),
-                ttl: None
-            }
+            ValueMeta { revision: Some(12), version: Some(3), content_type: Some("text/plain".into()), ttl: None }
         );
     }
 
     #[test]
     fn get_json_text_and_binary() {
-        let meta = ValueMeta {
-            revision: Some(5),
-            version: Some(2),
-            content_type: None,
-            ttl: Some(9),
-        };
+        let meta = ValueMeta { revision: Some(5), version: Some(2), content_type: None, ttl: Some(9) };
         let v = serde_json::to_value(get_output("k", b"hi", &meta)).expect("json");
-        assert_eq!(
-            v,
-            json!({"key":"k","value":"hi","revision":5,"version":2,"content_type":null,"ttl":9})
-        );
+        assert_eq!(v, json!({"key":"k","value":"hi","revision":5,"version":2,"content_type":null,"ttl":9}));
         let v = serde_json::to_value(get_output("k", &[0xff, 0x00], &meta)).expect("json");
         assert_eq!(v["value"], "/wA=");
         assert_eq!(v["encoding"], "base64");
@@ -614,19 +558,9 @@ mod tests {
 
     #[test]
     fn put_human_output() {
-        let p = PutResponse {
-            key: "a".into(),
-            revision: 12,
-            version: 1,
-        };
-        assert_eq!(
-            format_put(&p, true),
-            "OK created key=a revision=12 version=1"
-        );
-        assert_eq!(
-            format_put(&p, false),
-            "OK replaced key=a revision=12 version=1"
-        );
+        let p = PutResponse { key: "a".into(), revision: 12, version: 1 };
+        assert_eq!(format_put(&p, true), "OK created key=a revision=12 version=1");
+        assert_eq!(format_put(&p, false), "OK replaced key=a revision=12 version=1");
     }
 
     #[test]

@@ -7,6 +7,8 @@ use ferrokv_proto::AddMemberReply;
 use ferrokv_proto::AddMemberRequest;
 use ferrokv_proto::AssignReply;
 use ferrokv_proto::AssignRequest;
+use ferrokv_proto::FormReply;
+use ferrokv_proto::FormRequest;
 use ferrokv_proto::ForwardReply;
 use ferrokv_proto::RemoveMemberRequest;
 use ferrokv_proto::StatusReply;
@@ -19,7 +21,7 @@ use tonic::Status;
 
 use super::kv_service::forward_reply;
 use crate::error::ApiError;
-use crate::service::Assignment;
+use crate::service::Offer;
 use crate::service::Service;
 use crate::types::Member;
 
@@ -38,12 +40,8 @@ impl ferrokv_proto::admin_server::Admin for AdminService {
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         let s = &self.service;
         let me = s.me();
-        let mut reply = StatusReply {
-            node_id: me.node_id,
-            grpc_addr: me.grpc_addr,
-            http_addr: me.http_addr,
-            ..Default::default()
-        };
+        let mut reply =
+            StatusReply { node_id: me.node_id, grpc_addr: me.grpc_addr, http_addr: me.http_addr, ..Default::default() };
         if let Some(core) = s.try_core() {
             let m = core.raft.metrics().borrow_watched().clone();
             reply.raft_id = core.raft_id;
@@ -52,23 +50,14 @@ impl ferrokv_proto::admin_server::Admin for AdminService {
             reply.leader_raft_id = m.current_leader.unwrap_or(0);
             reply.term = m.current_term;
             reply.applied_index = m.last_applied.map_or(0, |l| l.index);
-            reply.cluster_id = core
-                .sm
-                .read(|sm| sm.kv.cluster_id().unwrap_or_default().to_string());
+            reply.cluster_id = core.sm.read(|sm| sm.kv.cluster_id().unwrap_or_default().to_string());
         }
         Ok(Response::new(reply))
     }
 
-    async fn add_member(
-        &self,
-        req: Request<AddMemberRequest>,
-    ) -> Result<Response<AddMemberReply>, Status> {
+    async fn add_member(&self, req: Request<AddMemberRequest>) -> Result<Response<AddMemberReply>, Status> {
         let req = req.into_inner();
-        let member = Member {
-            node_id: req.node_id,
-            grpc_addr: req.grpc_addr,
-            http_addr: req.http_addr,
-        };
+        let member = Member { node_id: req.node_id, grpc_addr: req.grpc_addr, http_addr: req.http_addr };
         let result = match self.service.core() {
             // One hop only: a forwarded request is served here or fails with not_leader.
             Ok(core) if req.forwarded => self.service.add_member_as_leader(core, member).await,
@@ -76,21 +65,12 @@ impl ferrokv_proto::admin_server::Admin for AdminService {
             Err(e) => Err(e),
         };
         Ok(Response::new(match result {
-            Ok(raft_id) => AddMemberReply {
-                raft_id,
-                error: None,
-            },
-            Err(e) => AddMemberReply {
-                raft_id: 0,
-                error: Some(e.into()),
-            },
+            Ok(raft_id) => AddMemberReply { raft_id, error: None },
+            Err(e) => AddMemberReply { raft_id: 0, error: Some(e.into()) },
         }))
     }
 
-    async fn remove_member(
-        &self,
-        req: Request<RemoveMemberRequest>,
-    ) -> Result<Response<ForwardReply>, Status> {
+    async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Result<Response<ForwardReply>, Status> {
         let node_id = req.into_inner().node_id;
         let result = match self.service.core() {
             Ok(core) => self.service.remove_member_as_leader(core, node_id).await,
@@ -111,36 +91,53 @@ impl ferrokv_proto::admin_server::Admin for AdminService {
         forward_reply(result)
     }
 
+    async fn form(&self, req: Request<FormRequest>) -> Result<Response<FormReply>, Status> {
+        self.form_inner(req.into_inner()).await.map(|()| Response::new(FormReply {}))
+    }
+
     async fn assign(&self, req: Request<AssignRequest>) -> Result<Response<AssignReply>, Status> {
         let req = req.into_inner();
         let s = &self.service;
         if req.node_id != s.node_id() {
-            return Err(Status::failed_precondition(format!(
-                "this is node {}, not node {}",
-                s.node_id(),
-                req.node_id
-            )));
+            return Err(Status::failed_precondition(format!("this is node {}, not node {}", s.node_id(), req.node_id)));
         }
         // Already running a member: an earlier assignment wins, so a retried add is idempotent.
         if let Some(core) = s.try_core() {
-            return Ok(Response::new(AssignReply {
-                raft_id: core.raft_id,
-            }));
+            return Ok(Response::new(AssignReply { raft_id: core.raft_id }));
         }
-        let assignment = Assignment {
-            raft_id: req.raft_id,
-            cluster_id: req.cluster_id,
-        };
-        if !s.deliver_assignment(assignment) {
+        let offer = Offer::Assign { raft_id: req.raft_id, cluster_id: req.cluster_id };
+        if !s.deliver_offer(offer) {
             return Err(ApiError::not_ready("this node is not waiting to be added").into_status());
         }
         match s.wait_core(Duration::from_secs(10)).await {
-            Some(core) => Ok(Response::new(AssignReply {
-                raft_id: core.raft_id,
-            })),
-            None => Err(Status::unavailable(
-                "the node did not start its Raft member in time",
-            )),
+            Some(core) => Ok(Response::new(AssignReply { raft_id: core.raft_id })),
+            None => Err(Status::unavailable("the node did not start its Raft member in time")),
+        }
+    }
+}
+
+impl AdminService {
+    async fn form_inner(&self, req: FormRequest) -> Result<(), Status> {
+        let s = &self.service;
+        let members: std::collections::BTreeMap<u64, String> = req.members.into_iter().collect();
+        let mine = s.cfg.initial_members.as_ref().map(|m| &m.0);
+        if mine != Some(&members) {
+            return Err(Status::failed_precondition(format!(
+                "node {} was started with other --initial-members than seed {}",
+                s.node_id(),
+                req.seed_node_id
+            )));
+        }
+        if s.try_core().is_some() {
+            // Already formed (a retried Form): nothing to do.
+            return Ok(());
+        }
+        if !s.deliver_offer(Offer::Form { members }) {
+            return Err(Status::failed_precondition("this node is not waiting to form a cluster"));
+        }
+        match s.wait_core(Duration::from_secs(10)).await {
+            Some(_) => Ok(()),
+            None => Err(Status::unavailable("the node did not start its Raft member in time")),
         }
     }
 }

@@ -29,18 +29,13 @@ impl KvService {
 }
 
 /// Pack a result the way the forwarding node unpacks it.
-pub(super) fn forward_reply<T: Serialize>(
-    result: Result<T, ApiError>,
-) -> Result<Response<ForwardReply>, Status> {
+pub(super) fn forward_reply<T: Serialize>(result: Result<T, ApiError>) -> Result<Response<ForwardReply>, Status> {
     let reply = match result {
         Ok(v) => ForwardReply {
             outcome: Bytes::from(codec::encode(&v).map_err(|e| Status::internal(e.to_string()))?),
             error: None,
         },
-        Err(e) => ForwardReply {
-            outcome: Bytes::new(),
-            error: Some(e.into()),
-        },
+        Err(e) => ForwardReply { outcome: Bytes::new(), error: Some(e.into()) },
     };
     Ok(Response::new(reply))
 }

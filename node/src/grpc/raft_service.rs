@@ -38,14 +38,9 @@ impl RaftService {
     /// The local core, if this request is addressed to it.
     fn core_for(&self, group: GroupId, target: RaftId) -> Result<&Arc<Core>, Status> {
         if group != DATA_GROUP {
-            return Err(Status::not_found(format!(
-                "no Raft group {group} on this node"
-            )));
+            return Err(Status::not_found(format!("no Raft group {group} on this node")));
         }
-        let core = self
-            .service
-            .try_core()
-            .ok_or_else(|| Status::unavailable("this node has no Raft member yet"))?;
+        let core = self.service.try_core().ok_or_else(|| Status::unavailable("this node has no Raft member yet"))?;
         // A reused address must not deliver traffic meant for an older member to this one.
         if core.raft_id != target {
             return Err(Status::failed_precondition(format!(
@@ -59,9 +54,7 @@ impl RaftService {
 
 fn reply<T: Serialize>(value: &T) -> Result<Response<RaftReply>, Status> {
     let payload = codec::encode(value).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(RaftReply {
-        payload: Bytes::from(payload),
-    }))
+    Ok(Response::new(RaftReply { payload: Bytes::from(payload) }))
 }
 
 fn fatal(e: impl std::fmt::Display) -> Status {
@@ -70,10 +63,7 @@ fn fatal(e: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl ferrokv_proto::raft_server::Raft for RaftService {
-    async fn append_entries(
-        &self,
-        req: Request<RaftRequest>,
-    ) -> Result<Response<RaftReply>, Status> {
+    async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
         let core = self.core_for(req.group_id, req.target)?;
         let rpc = codec::decode(&req.payload).map_err(bad_payload)?;
@@ -89,10 +79,15 @@ impl ferrokv_proto::raft_server::Raft for RaftService {
         reply(&resp)
     }
 
-    async fn transfer_leader(
-        &self,
-        req: Request<RaftRequest>,
-    ) -> Result<Response<RaftReply>, Status> {
+    async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let core = self.core_for(req.group_id, req.target)?;
+        let rpc = codec::decode(&req.payload).map_err(bad_payload)?;
+        let resp = core.raft.pre_vote(rpc).await.map_err(fatal)?;
+        reply(&resp)
+    }
+
+    async fn transfer_leader(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
         let core = self.core_for(req.group_id, req.target)?;
         let rpc = codec::decode(&req.payload).map_err(bad_payload)?;
@@ -100,15 +95,9 @@ impl ferrokv_proto::raft_server::Raft for RaftService {
         reply(&resp)
     }
 
-    async fn install_snapshot(
-        &self,
-        req: Request<Streaming<SnapshotChunk>>,
-    ) -> Result<Response<RaftReply>, Status> {
+    async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {
         let mut stream = req.into_inner();
-        let first = stream
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let first = stream.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let core = self.core_for(first.group_id, first.target)?.clone();
         let (vote, meta): (Vote, SnapshotMeta) = codec::decode(&first.meta).map_err(bad_payload)?;
         let mut data = BytesMut::from(&first.data[..]);
@@ -117,19 +106,8 @@ impl ferrokv_proto::raft_server::Raft for RaftService {
         }
         let data = data.freeze();
         // Validate before Raft sees it: a state-machine error on install would stop the node.
-        snapshot::decode(&data)
-            .map_err(|e| Status::invalid_argument(format!("rejected snapshot: {e}")))?;
-        let resp = core
-            .raft
-            .install_full_snapshot(
-                vote,
-                Snapshot {
-                    meta,
-                    snapshot: data,
-                },
-            )
-            .await
-            .map_err(fatal)?;
+        snapshot::decode(&data).map_err(|e| Status::invalid_argument(format!("rejected snapshot: {e}")))?;
+        let resp = core.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await.map_err(fatal)?;
         reply(&resp)
     }
 }

@@ -28,8 +28,7 @@ pub struct AddMember {
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
-    body.map(|Json(v)| v)
-        .map_err(|e| ApiError::bad_request("invalid_json", e.body_text()))
+    body.map(|Json(v)| v).map_err(|e| ApiError::bad_request("invalid_json", e.body_text()))
 }
 
 pub async fn add_member(
@@ -38,33 +37,19 @@ pub async fn add_member(
 ) -> ApiResult<Json<Value>> {
     let req = json_body(body)?;
     if req.node_id == 0 || req.node_id >= crate::membership::JOINED_ID_BASE {
-        return Err(ApiError::bad_request(
-            "invalid_node_id",
-            "node_id must be from 1 to 2^32-1",
-        ));
+        return Err(ApiError::bad_request("invalid_node_id", "node_id must be from 1 to 2^32-1"));
     }
     if !req.grpc_addr.contains(':') {
-        return Err(ApiError::bad_request(
-            "invalid_address",
-            "grpc_addr must be host:port",
-        ));
+        return Err(ApiError::bad_request("invalid_address", "grpc_addr must be host:port"));
     }
-    let member = Member {
-        node_id: req.node_id,
-        grpc_addr: req.grpc_addr,
-        http_addr: req.http_addr,
-    };
+    let member = Member { node_id: req.node_id, grpc_addr: req.grpc_addr, http_addr: req.http_addr };
     let raft_id = state.add_member(member).await?;
     Ok(Json(json!({ "node_id": req.node_id, "raft_id": raft_id })))
 }
 
-pub async fn remove_member(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let node_id: u64 = id.parse().map_err(|_| {
-        ApiError::bad_request("invalid_node_id", format!("{id:?} is not a node id"))
-    })?;
+pub async fn remove_member(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let node_id: u64 =
+        id.parse().map_err(|_| ApiError::bad_request("invalid_node_id", format!("{id:?} is not a node id")))?;
     state.remove_member(node_id).await?;
     Ok(Json(json!({ "removed": node_id })))
 }

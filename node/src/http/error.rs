@@ -15,27 +15,16 @@ impl IntoResponse for ApiError {
         let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
         let mut resp = (status, body).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
         }
         resp
     }
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::new(
-        404,
-        "not_found",
-        "no such endpoint; the API lives under /v1",
-    )
+    ApiError::new(404, "not_found", "no such endpoint; the API lives under /v1")
 }
 
 pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
-    ApiError::new(
-        405,
-        "method_not_allowed",
-        format!("{method} is not supported on this endpoint"),
-    )
+    ApiError::new(405, "method_not_allowed", format!("{method} is not supported on this endpoint"))
 }

@@ -27,11 +27,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 fn ready(state: &AppState) -> Result<(), ApiError> {
     let core = state.core()?;
     let m = core.raft.metrics().borrow_watched().clone();
-    if m.membership_config
-        .membership()
-        .get_node(&core.raft_id)
-        .is_none()
-    {
+    if m.membership_config.membership().get_node(&core.raft_id).is_none() {
         return Err(ApiError::not_ready("not a member of the cluster (yet)"));
     }
     if m.current_leader.is_none() {
@@ -40,9 +36,7 @@ fn ready(state: &AppState) -> Result<(), ApiError> {
     let committed = m.local_committed.map_or(0, |l| l.index);
     let applied = m.last_applied.map_or(0, |l| l.index);
     if applied < committed {
-        return Err(ApiError::not_ready(format!(
-            "catching up: applied {applied} of {committed}"
-        )));
+        return Err(ApiError::not_ready(format!("catching up: applied {applied} of {committed}")));
     }
     Ok(())
 }

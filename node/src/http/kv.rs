@@ -35,10 +35,7 @@ const DEFAULT_LIST_LIMIT: u64 = 100;
 
 fn check_key(state: &AppState, key: &str) -> ApiResult<()> {
     if key.is_empty() {
-        return Err(ApiError::bad_request(
-            "empty_key",
-            "the key must not be empty",
-        ));
+        return Err(ApiError::bad_request("empty_key", "the key must not be empty"));
     }
     let max = state.cfg.max_key_bytes;
     if key.len() > max {
@@ -61,9 +58,7 @@ pub async fn get_key(
 ) -> ApiResult<Response> {
     check_key(&state, &key)?;
     let params = Params::new(q, &["consistency"])?;
-    let outcome = state
-        .read(ReadQuery::Get { key: key.clone() }, params.consistency()?)
-        .await?;
+    let outcome = state.read(ReadQuery::Get { key: key.clone() }, params.consistency()?).await?;
     let ReadOutcome::Get(Some(rec)) = outcome else {
         return Err(ApiError::key_not_found(&key));
     };
@@ -73,19 +68,10 @@ pub async fn get_key(
         header::CONTENT_TYPE,
         HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static(DEFAULT_CONTENT_TYPE)),
     );
-    headers.insert(
-        header::ETAG,
-        num_header(&format!("\"{}\"", rec.mod_revision)),
-    );
+    headers.insert(header::ETAG, num_header(&format!("\"{}\"", rec.mod_revision)));
     headers.insert("x-ferrokv-version", num_header(&rec.version.to_string()));
-    headers.insert(
-        "x-ferrokv-create-revision",
-        num_header(&rec.create_revision.to_string()),
-    );
-    headers.insert(
-        "x-ferrokv-mod-revision",
-        num_header(&rec.mod_revision.to_string()),
-    );
+    headers.insert("x-ferrokv-create-revision", num_header(&rec.create_revision.to_string()));
+    headers.insert("x-ferrokv-mod-revision", num_header(&rec.mod_revision.to_string()));
     if let Some(ttl) = rec.ttl_seconds {
         headers.insert("x-ferrokv-ttl", num_header(&ttl.to_string()));
     }
@@ -113,10 +99,7 @@ pub async fn put_key(
             ApiError::new(
                 413,
                 "value_too_large",
-                format!(
-                    "the value exceeds the limit of {} bytes",
-                    state.cfg.max_value_bytes
-                ),
+                format!("the value exceeds the limit of {} bytes", state.cfg.max_value_bytes),
             )
         } else {
             ApiError::bad_request("invalid_body", e.body_text())
@@ -126,44 +109,22 @@ pub async fn put_key(
         None => None,
         Some(v) => Some(
             v.to_str()
-                .map_err(|_| {
-                    ApiError::bad_request("invalid_content_type", "Content-Type is not valid text")
-                })?
+                .map_err(|_| ApiError::bad_request("invalid_content_type", "Content-Type is not valid text"))?
                 .to_string(),
         ),
     };
-    let cmd = Command::Put {
-        key: key.clone(),
-        value,
-        content_type,
-        ttl_ms: ttl.map(|s| s * 1000),
-        condition,
-        now_ms: 0,
-    };
+    let cmd =
+        Command::Put { key: key.clone(), value, content_type, ttl_ms: ttl.map(|s| s * 1000), condition, now_ms: 0 };
     let outcome = state.write(cmd).await?;
     match outcome.result {
-        CommandResult::Put {
-            created,
-            revision,
-            version,
-        } => {
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            let mut resp = (
-                status,
-                Json(json!({ "key": key, "revision": revision, "version": version })),
-            )
-                .into_response();
-            resp.headers_mut()
-                .insert(header::ETAG, num_header(&format!("\"{revision}\"")));
+        CommandResult::Put { created, revision, version } => {
+            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let mut resp =
+                (status, Json(json!({ "key": key, "revision": revision, "version": version }))).into_response();
+            resp.headers_mut().insert(header::ETAG, num_header(&format!("\"{revision}\"")));
             Ok(resp)
         }
-        CommandResult::ConditionFailed { current_revision } => {
-            Err(ApiError::condition_failed(current_revision))
-        }
+        CommandResult::ConditionFailed { current_revision } => Err(ApiError::condition_failed(current_revision)),
         other => Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }
 }
@@ -177,50 +138,25 @@ pub async fn delete_key(
     check_key(&state, &key)?;
     Params::new(q, &[])?;
     let condition = condition(&headers, false)?;
-    let outcome = state
-        .write(Command::Delete {
-            key: key.clone(),
-            condition,
-            now_ms: 0,
-        })
-        .await?;
+    let outcome = state.write(Command::Delete { key: key.clone(), condition, now_ms: 0 }).await?;
     match outcome.result {
         CommandResult::Deleted { .. } => Ok(StatusCode::NO_CONTENT.into_response()),
         CommandResult::NotFound => Err(ApiError::key_not_found(&key)),
-        CommandResult::ConditionFailed { current_revision } => {
-            Err(ApiError::condition_failed(current_revision))
-        }
+        CommandResult::ConditionFailed { current_revision } => Err(ApiError::condition_failed(current_revision)),
         other => Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+pub async fn list(State(state): State<AppState>, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
     let params = Params::new(q, &["prefix", "limit", "after", "consistency"])?;
     let max = state.cfg.max_list_limit as u64;
-    let limit = params
-        .number("limit", "invalid_limit", max)?
-        .unwrap_or(DEFAULT_LIST_LIMIT.min(max)) as usize;
+    let limit = params.number("limit", "invalid_limit", max)?.unwrap_or(DEFAULT_LIST_LIMIT.min(max)) as usize;
     let prefix = params.str("prefix").unwrap_or_default().to_string();
     if prefix.len() > state.cfg.max_key_bytes {
-        return Err(ApiError::bad_request(
-            "key_too_large",
-            "the prefix is longer than the key limit",
-        ));
+        return Err(ApiError::bad_request("key_too_large", "the prefix is longer than the key limit"));
     }
     let after = params.str("after").map(String::from);
-    let outcome = state
-        .read(
-            ReadQuery::Scan {
-                prefix,
-                after,
-                limit,
-            },
-            params.consistency()?,
-        )
-        .await?;
+    let outcome = state.read(ReadQuery::Scan { prefix, after, limit }, params.consistency()?).await?;
     let ReadOutcome::Scan { items, next_after } = outcome else {
         return Err(ApiError::internal("unexpected read outcome"));
     };

@@ -35,27 +35,15 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/kv/", axum::routing::any(kv::empty_key))
         .route(
             "/v1/kv/{*key}",
-            get(kv::get_key)
-                .put(kv::put_key)
-                .delete(kv::delete_key)
-                .fallback(error::method_not_allowed),
+            get(kv::get_key).put(kv::put_key).delete(kv::delete_key).fallback(error::method_not_allowed),
         )
-        .route(
-            "/v1/cluster",
-            get(cluster::status).fallback(error::method_not_allowed),
-        )
-        .route(
-            "/v1/cluster/members",
-            post(cluster::add_member).fallback(error::method_not_allowed),
-        )
+        .route("/v1/cluster", get(cluster::status).fallback(error::method_not_allowed))
+        .route("/v1/cluster/members", post(cluster::add_member).fallback(error::method_not_allowed))
         .route(
             "/v1/cluster/members/{id}",
             axum::routing::delete(cluster::remove_member).fallback(error::method_not_allowed),
         )
-        .route(
-            "/v1/cluster/leader",
-            post(cluster::transfer_leader).fallback(error::method_not_allowed),
-        )
+        .route("/v1/cluster/leader", post(cluster::transfer_leader).fallback(error::method_not_allowed))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -71,27 +59,19 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(service))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(service)).with_graceful_shutdown(shutdown).await
 }
 
 /// Count and time every request by its route template (not the raw path: keys are unbounded).
 async fn track(State(service): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route =
+        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = req.method().as_str().to_string();
     let start = Instant::now();
     let resp = next.run(req).await;
     let m = &service.metrics;
-    m.http_duration
-        .with_label_values(&[&route, &method])
-        .observe(start.elapsed().as_secs_f64());
-    m.http_requests
-        .with_label_values(&[&route, &method, resp.status().as_str()])
-        .inc();
+    m.http_duration.with_label_values(&[&route, &method]).observe(start.elapsed().as_secs_f64());
+    m.http_requests.with_label_values(&[&route, &method, resp.status().as_str()]).inc();
     resp
 }
 

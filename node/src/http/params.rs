@@ -18,10 +18,7 @@ impl Params {
         if let Some(unknown) = raw.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(ApiError::bad_request(
                 "unknown_parameter",
-                format!(
-                    "unknown query parameter {unknown:?}; accepted: {}",
-                    allowed.join(", ")
-                ),
+                format!("unknown query parameter {unknown:?}; accepted: {}", allowed.join(", ")),
             ));
         }
         Ok(Params(raw))
@@ -32,8 +29,7 @@ impl Params {
     }
 
     pub fn consistency(&self) -> Result<Consistency, ApiError> {
-        self.str("consistency")
-            .map_or(Ok(Consistency::Linearizable), str::parse)
+        self.str("consistency").map_or(Ok(Consistency::Linearizable), str::parse)
     }
 
     /// A positive integer parameter within `max`.
@@ -43,10 +39,7 @@ impl Params {
         };
         match raw.parse::<u64>() {
             Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(ApiError::bad_request(
-                code,
-                format!("{name} must be an integer from 1 to {max}, not {raw:?}"),
-            )),
+            _ => Err(ApiError::bad_request(code, format!("{name} must be an integer from 1 to {max}, not {raw:?}"))),
         }
     }
 }
@@ -60,22 +53,18 @@ pub fn condition(headers: &HeaderMap, allow_if_none_match: bool) -> Result<Condi
         headers
             .get(&name)
             .map(|v| {
-                v.to_str().map(|s| s.trim().to_string()).map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_precondition",
-                        format!("{name} is not valid text"),
-                    )
-                })
+                v.to_str()
+                    .map(|s| s.trim().to_string())
+                    .map_err(|_| ApiError::bad_request("invalid_precondition", format!("{name} is not valid text")))
             })
             .transpose()
     };
     let if_match = text(header::IF_MATCH)?;
     let if_none_match = text(header::IF_NONE_MATCH)?;
     match (if_match, if_none_match) {
-        (Some(_), Some(_)) => Err(ApiError::bad_request(
-            "invalid_precondition",
-            "use either If-Match or If-None-Match, not both",
-        )),
+        (Some(_), Some(_)) => {
+            Err(ApiError::bad_request("invalid_precondition", "use either If-Match or If-None-Match, not both"))
+        }
         (Some(m), None) => {
             let rev = m.trim_matches('"');
             match rev.parse::<u64>() {
@@ -108,10 +97,7 @@ mod tests {
         h.insert(header::IF_MATCH, HeaderValue::from_static("\"42\""));
         assert_eq!(condition(&h, true).unwrap(), Condition::ModRevision(42));
         h.insert(header::IF_MATCH, HeaderValue::from_static("abc"));
-        assert_eq!(
-            condition(&h, true).unwrap_err().code,
-            "invalid_precondition"
-        );
+        assert_eq!(condition(&h, true).unwrap_err().code, "invalid_precondition");
         h.insert(header::IF_MATCH, HeaderValue::from_static("W/\"4\""));
         assert!(condition(&h, true).is_err());
         let mut h = HeaderMap::new();
@@ -124,29 +110,11 @@ mod tests {
 
     #[test]
     fn params_reject_unknown_and_bad_numbers() {
-        let raw = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        assert_eq!(
-            Params::new(raw(&[("bogus", "1")]), &["ttl"])
-                .err()
-                .unwrap()
-                .code,
-            "unknown_parameter"
-        );
+        let raw = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(Params::new(raw(&[("bogus", "1")]), &["ttl"]).err().unwrap().code, "unknown_parameter");
         let p = Params::new(raw(&[("ttl", "0")]), &["ttl"]).unwrap();
-        assert_eq!(
-            p.number("ttl", "invalid_ttl", 10).unwrap_err().code,
-            "invalid_ttl"
-        );
-        let p = Params::new(
-            raw(&[("ttl", "5"), ("consistency", "weird")]),
-            &["ttl", "consistency"],
-        )
-        .unwrap();
+        assert_eq!(p.number("ttl", "invalid_ttl", 10).unwrap_err().code, "invalid_ttl");
+        let p = Params::new(raw(&[("ttl", "5"), ("consistency", "weird")]), &["ttl", "consistency"]).unwrap();
         assert_eq!(p.number("ttl", "invalid_ttl", 10).unwrap(), Some(5));
         assert_eq!(p.consistency().unwrap_err().code, "invalid_consistency");
     }

@@ -56,12 +56,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: RaftId, node: &Member) -> PeerClient {
-        PeerClient {
-            pool: self.pool.clone(),
-            group: self.group,
-            target,
-            addr: node.grpc_addr.clone(),
-        }
+        PeerClient { pool: self.pool.clone(), group: self.group, target, addr: node.grpc_addr.clone() }
     }
 }
 
@@ -78,17 +73,11 @@ type Rpc<T> = Result<T, RPCError<TypeConfig>>;
 impl PeerClient {
     fn request<T: Serialize>(&self, msg: &T) -> Rpc<RaftRequest> {
         let payload = codec::encode(msg).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        Ok(RaftRequest {
-            group_id: self.group,
-            target: self.target,
-            payload: Bytes::from(payload),
-        })
+        Ok(RaftRequest { group_id: self.group, target: self.target, payload: Bytes::from(payload) })
     }
 
     fn client(&self) -> Rpc<ferrokv_proto::raft_client::RaftClient<tonic::transport::Channel>> {
-        self.pool
-            .raft(&self.addr)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+        self.pool.raft(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 
     /// Run one unary call under the RPC's soft deadline and decode the reply.
@@ -136,20 +125,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<TypeConfig>> {
         let req = self.request(&rpc)?;
-        self.unary(option.soft_ttl(), |mut c| async move {
-            c.append_entries(req).await
-        })
-        .await
+        self.unary(option.soft_ttl(), |mut c| async move { c.append_entries(req).await }).await
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Rpc<VoteResponse<TypeConfig>> {
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {
         let req = self.request(&rpc)?;
-        self.unary(option.soft_ttl(), |mut c| async move { c.vote(req).await })
-            .await
+        self.unary(option.soft_ttl(), |mut c| async move { c.vote(req).await }).await
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {
+        let req = self.request(&rpc)?;
+        self.unary(option.soft_ttl(), |mut c| async move { c.pre_vote(req).await }).await
     }
 
     async fn transfer_leader(
@@ -158,10 +144,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Rpc<TransferLeaderResponse<TypeConfig>> {
         let req = self.request(&rpc)?;
-        self.unary(option.soft_ttl(), |mut c| async move {
-            c.transfer_leader(req).await
-        })
-        .await
+        self.unary(option.soft_ttl(), |mut c| async move { c.transfer_leader(req).await }).await
     }
 
     async fn full_snapshot(
@@ -171,9 +154,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let net = |e: &dyn std::error::Error| {
-            StreamingError::Network(NetworkError::from_string(e.to_string()))
-        };
+        let net = |e: &dyn std::error::Error| StreamingError::Network(NetworkError::from_string(e.to_string()));
         let meta = codec::encode(&(vote, snapshot.meta.clone())).map_err(|e| net(&e))?;
         let data = snapshot.snapshot;
         let (group_id, target) = (self.group, self.target);
@@ -181,31 +162,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let mut offset = 0;
         loop {
             let end = (offset + SNAPSHOT_CHUNK).min(data.len());
-            let meta = if offset == 0 {
-                Bytes::from(meta.clone())
-            } else {
-                Bytes::new()
-            };
-            chunks.push(SnapshotChunk {
-                group_id,
-                target,
-                meta,
-                data: data.slice(offset..end),
-            });
+            let meta = if offset == 0 { Bytes::from(meta.clone()) } else { Bytes::new() };
+            chunks.push(SnapshotChunk { group_id, target, meta, data: data.slice(offset..end) });
             offset = end;
             if offset >= data.len() {
                 break;
             }
         }
-        let mut client = self
-            .pool
-            .raft(&self.addr)
-            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let mut client = self.pool.raft(&self.addr).map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         // A snapshot may be large: allow the hard TTL for the whole stream.
-        let send = tokio::time::timeout(
-            option.hard_ttl(),
-            client.install_snapshot(futures::stream::iter(chunks)),
-        );
+        let send = tokio::time::timeout(option.hard_ttl(), client.install_snapshot(futures::stream::iter(chunks)));
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             r = send => match r {

@@ -73,18 +73,12 @@ pub fn is_connect_error(status: &tonic::Status) -> bool {
     while let Some(err) = source {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
-            if matches!(
-                io.kind(),
-                ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable
-            ) {
+            if matches!(io.kind(), ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable) {
                 return true;
             }
         }
         let text = err.to_string();
-        if text.contains("tcp connect error")
-            || text.contains("dns error")
-            || text.contains("client error (Connect)")
-        {
+        if text.contains("tcp connect error") || text.contains("dns error") || text.contains("client error (Connect)") {
             return true;
         }
         source = err.source();

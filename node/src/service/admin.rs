@@ -65,11 +65,7 @@ impl Service {
                 raft_id: *raft_id,
                 grpc_addr: member.grpc_addr.clone(),
                 http_addr: member.http_addr.clone(),
-                role: if voters.contains(raft_id) {
-                    "voter"
-                } else {
-                    "learner"
-                },
+                role: if voters.contains(raft_id) { "voter" } else { "learner" },
                 is_leader: m.current_leader == Some(*raft_id),
                 matched_index: m
                     .replication
@@ -78,10 +74,7 @@ impl Service {
                     .map(|l| l.map_or(0, |l| l.index)),
             })
             .collect();
-        let leader_id = m
-            .current_leader
-            .and_then(|l| membership.get_node(&l))
-            .map(|n| n.node_id);
+        let leader_id = m.current_leader.and_then(|l| membership.get_node(&l)).map(|n| n.node_id);
         Ok(ClusterView {
             cluster_id: core.sm.read(|sm| sm.kv.cluster_id().map(String::from)),
             node_id: self.node_id(),
@@ -101,10 +94,7 @@ impl Service {
         match self.route(core) {
             Route::Local => self.add_member_as_leader(core, member).await,
             Route::Remote(addr) => {
-                let mut client = self
-                    .pool
-                    .admin(&addr)
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                let mut client = self.pool.admin(&addr).map_err(|e| ApiError::internal(e.to_string()))?;
                 let req = AddMemberRequest {
                     group_id: DATA_GROUP,
                     node_id: member.node_id,
@@ -115,9 +105,7 @@ impl Service {
                 let reply = client
                     .add_member(req)
                     .await
-                    .map_err(|s| {
-                        ApiError::unavailable("leader_unreachable", s.message().to_string())
-                    })?
+                    .map_err(|s| ApiError::unavailable("leader_unreachable", s.message().to_string()))?
                     .into_inner();
                 match reply.error {
                     Some(e) => Err(e.into()),
@@ -128,39 +116,21 @@ impl Service {
         }
     }
 
-    pub async fn add_member_as_leader(
-        &self,
-        core: &Core,
-        member: Member,
-    ) -> Result<RaftId, ApiError> {
+    pub async fn add_member_as_leader(&self, core: &Core, member: Member) -> Result<RaftId, ApiError> {
         let _serial = self.admin_lock.lock().await;
         if !matches!(self.route(core), Route::Local) {
-            return Err(ApiError::unavailable(
-                "not_leader",
-                "this node is not the leader",
-            ));
+            return Err(ApiError::unavailable("not_leader", "this node is not the leader"));
         }
         // Allocate a never-used Raft id from the log (see membership.rs).
         let alloc = self.write_as_leader(Command::Noop).await?;
         let proposed = JOINED_ID_BASE + alloc.index;
-        let cluster_id = core
-            .sm
-            .read(|sm| sm.kv.cluster_id().unwrap_or_default().to_string());
-        let mut admin = self
-            .pool
-            .admin(&member.grpc_addr)
-            .map_err(|e| ApiError::bad_request("invalid_address", e.to_string()))?;
-        let assign = AssignRequest {
-            group_id: DATA_GROUP,
-            node_id: member.node_id,
-            raft_id: proposed,
-            cluster_id,
-        };
+        let cluster_id = core.sm.read(|sm| sm.kv.cluster_id().unwrap_or_default().to_string());
+        let mut admin =
+            self.pool.admin(&member.grpc_addr).map_err(|e| ApiError::bad_request("invalid_address", e.to_string()))?;
+        let assign = AssignRequest { group_id: DATA_GROUP, node_id: member.node_id, raft_id: proposed, cluster_id };
         let raft_id = tokio::time::timeout(Duration::from_secs(10), admin.assign(assign))
             .await
-            .map_err(|_| {
-                ApiError::unavailable("member_unreachable", "the new node did not answer in time")
-            })?
+            .map_err(|_| ApiError::unavailable("member_unreachable", "the new node did not answer in time"))?
             .map_err(|s| {
                 ApiError::unavailable(
                     "member_unreachable",
@@ -169,23 +139,11 @@ impl Service {
             })?
             .into_inner()
             .raft_id;
-        tracing::info!(
-            node_id = member.node_id,
-            raft_id,
-            "adding member as learner"
-        );
-        tokio::time::timeout(
-            CATCH_UP_TIMEOUT,
-            core.raft.add_learner(raft_id, member.clone(), true),
-        )
-        .await
-        .map_err(|_| {
-            ApiError::unavailable(
-                "catch_up_timeout",
-                "the new member did not catch up in time",
-            )
-        })?
-        .map_err(|e| ApiError::unavailable("membership_change_failed", e.to_string()))?;
+        tracing::info!(node_id = member.node_id, raft_id, "adding member as learner");
+        tokio::time::timeout(CATCH_UP_TIMEOUT, core.raft.add_learner(raft_id, member.clone(), true))
+            .await
+            .map_err(|_| ApiError::unavailable("catch_up_timeout", "the new member did not catch up in time"))?
+            .map_err(|e| ApiError::unavailable("membership_change_failed", e.to_string()))?;
         // Promote, replacing any older Raft ids of the same node (a wiped node's old self).
         let m = core.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
@@ -194,31 +152,17 @@ impl Service {
             .filter(|(id, n)| n.node_id == member.node_id && **id != raft_id)
             .map(|(id, _)| *id)
             .collect();
-        let mut voters: BTreeSet<RaftId> = membership
-            .voter_ids()
-            .filter(|id| !stale.contains(id))
-            .collect();
+        let mut voters: BTreeSet<RaftId> = membership.voter_ids().filter(|id| !stale.contains(id)).collect();
         voters.insert(raft_id);
         core.raft
             .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
             .await
             .map_err(|e| ApiError::unavailable("membership_change_failed", e.to_string()))?;
         if !stale.is_empty() {
-            tracing::info!(
-                node_id = member.node_id,
-                ?stale,
-                "removed the node's previous Raft ids"
-            );
-            let _ = core
-                .raft
-                .change_membership(ChangeMembers::RemoveNodes(stale), false)
-                .await;
+            tracing::info!(node_id = member.node_id, ?stale, "removed the node's previous Raft ids");
+            let _ = core.raft.change_membership(ChangeMembers::RemoveNodes(stale), false).await;
         }
-        tracing::info!(
-            node_id = member.node_id,
-            raft_id,
-            "member promoted to voter"
-        );
+        tracing::info!(node_id = member.node_id, raft_id, "member promoted to voter");
         Ok(raft_id)
     }
 
@@ -228,19 +172,11 @@ impl Service {
         match self.route(core) {
             Route::Local => self.remove_member_as_leader(core, node_id).await,
             Route::Remote(addr) => {
-                let mut client = self
-                    .pool
-                    .admin(&addr)
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                let mut client = self.pool.admin(&addr).map_err(|e| ApiError::internal(e.to_string()))?;
                 let reply = client
-                    .remove_member(RemoveMemberRequest {
-                        group_id: DATA_GROUP,
-                        node_id,
-                    })
+                    .remove_member(RemoveMemberRequest { group_id: DATA_GROUP, node_id })
                     .await
-                    .map_err(|s| {
-                        ApiError::unavailable("leader_unreachable", s.message().to_string())
-                    })?
+                    .map_err(|s| ApiError::unavailable("leader_unreachable", s.message().to_string()))?
                     .into_inner();
                 reply.error.map_or(Ok(()), |e| Err(e.into()))
             }
@@ -251,34 +187,18 @@ impl Service {
     pub async fn remove_member_as_leader(&self, core: &Core, node_id: u64) -> Result<(), ApiError> {
         let _serial = self.admin_lock.lock().await;
         if !matches!(self.route(core), Route::Local) {
-            return Err(ApiError::unavailable(
-                "not_leader",
-                "this node is not the leader",
-            ));
+            return Err(ApiError::unavailable("not_leader", "this node is not the leader"));
         }
         let m = core.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
-        let ids: BTreeSet<RaftId> = membership
-            .nodes()
-            .filter(|(_, n)| n.node_id == node_id)
-            .map(|(id, _)| *id)
-            .collect();
+        let ids: BTreeSet<RaftId> =
+            membership.nodes().filter(|(_, n)| n.node_id == node_id).map(|(id, _)| *id).collect();
         if ids.is_empty() {
-            return Err(ApiError::new(
-                404,
-                "member_not_found",
-                format!("node {node_id} is not a member"),
-            ));
+            return Err(ApiError::new(404, "member_not_found", format!("node {node_id} is not a member")));
         }
-        let voters: BTreeSet<RaftId> = membership
-            .voter_ids()
-            .filter(|id| !ids.contains(id))
-            .collect();
+        let voters: BTreeSet<RaftId> = membership.voter_ids().filter(|id| !ids.contains(id)).collect();
         if voters.is_empty() {
-            return Err(ApiError::bad_request(
-                "last_voter",
-                "cannot remove the last voter",
-            ));
+            return Err(ApiError::bad_request("last_voter", "cannot remove the last voter"));
         }
         core.raft
             .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
@@ -287,12 +207,7 @@ impl Service {
         // Voters removed above may remain as learners in some paths: drop the node entirely.
         let left: BTreeSet<RaftId> = {
             let m = core.raft.metrics().borrow_watched().clone();
-            m.membership_config
-                .membership()
-                .nodes()
-                .filter(|(_, n)| n.node_id == node_id)
-                .map(|(id, _)| *id)
-                .collect()
+            m.membership_config.membership().nodes().filter(|(_, n)| n.node_id == node_id).map(|(id, _)| *id).collect()
         };
         if !left.is_empty() {
             core.raft
@@ -310,104 +225,56 @@ impl Service {
         match self.route(core) {
             Route::Local => self.transfer_leadership_as_leader(core, to).await,
             Route::Remote(addr) => {
-                let mut client = self
-                    .pool
-                    .admin(&addr)
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
-                let req = TransferLeadershipRequest {
-                    group_id: DATA_GROUP,
-                    to_node_id: to.unwrap_or(0),
-                };
+                let mut client = self.pool.admin(&addr).map_err(|e| ApiError::internal(e.to_string()))?;
+                let req = TransferLeadershipRequest { group_id: DATA_GROUP, to_node_id: to.unwrap_or(0) };
                 let reply = client
                     .transfer_leadership(req)
                     .await
-                    .map_err(|s| {
-                        ApiError::unavailable("leader_unreachable", s.message().to_string())
-                    })?
+                    .map_err(|s| ApiError::unavailable("leader_unreachable", s.message().to_string()))?
                     .into_inner();
                 if let Some(e) = reply.error {
                     return Err(e.into());
                 }
-                Ok(crate::codec::decode(&reply.outcome)
-                    .map_err(|e| ApiError::internal(e.to_string()))?)
+                Ok(crate::codec::decode(&reply.outcome).map_err(|e| ApiError::internal(e.to_string()))?)
             }
             Route::Unknown => Err(ApiError::no_quorum("no leader is known; try again")),
         }
     }
 
-    pub async fn transfer_leadership_as_leader(
-        &self,
-        core: &Core,
-        to: Option<u64>,
-    ) -> Result<Option<u64>, ApiError> {
+    pub async fn transfer_leadership_as_leader(&self, core: &Core, to: Option<u64>) -> Result<Option<u64>, ApiError> {
         let m = core.raft.metrics().borrow_watched().clone();
         if m.current_leader != Some(core.raft_id) {
-            return Err(ApiError::unavailable(
-                "not_leader",
-                "this node is not the leader",
-            ));
+            return Err(ApiError::unavailable("not_leader", "this node is not the leader"));
         }
         let membership = m.membership_config.membership();
-        let target = match to {
-            Some(node_id) => membership
-                .voter_ids()
-                .find(|id| {
-                    membership
-                        .get_node(id)
-                        .is_some_and(|n| n.node_id == node_id)
-                })
-                .ok_or_else(|| {
-                    ApiError::new(
-                        404,
-                        "member_not_found",
-                        format!("node {node_id} is not a voter"),
-                    )
-                })?,
-            None => {
-                let matched = |id: &RaftId| {
-                    m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(id).cloned())
-                        .flatten()
-                        .map_or(0, |l| l.index)
-                };
-                membership
+        let target =
+            match to {
+                Some(node_id) => membership
                     .voter_ids()
-                    .filter(|id| *id != core.raft_id)
-                    .max_by_key(matched)
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "no_other_voter",
-                            "there is no other voter to take over",
-                        )
+                    .find(|id| membership.get_node(id).is_some_and(|n| n.node_id == node_id))
+                    .ok_or_else(|| ApiError::new(404, "member_not_found", format!("node {node_id} is not a voter")))?,
+                None => {
+                    let matched = |id: &RaftId| {
+                        m.replication.as_ref().and_then(|r| r.get(id).cloned()).flatten().map_or(0, |l| l.index)
+                    };
+                    membership.voter_ids().filter(|id| *id != core.raft_id).max_by_key(matched).ok_or_else(|| {
+                        ApiError::bad_request("no_other_voter", "there is no other voter to take over")
                     })?
-            }
-        };
+                }
+            };
         if target == core.raft_id {
             return Ok(Some(self.node_id()));
         }
-        core.raft
-            .trigger()
-            .transfer_leader(target)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        core.raft.trigger().transfer_leader(target).await.map_err(|e| ApiError::internal(e.to_string()))?;
         let deadline = Instant::now() + self.cfg.request_timeout();
         let mut rx = core.raft.metrics();
         loop {
             let leader = rx.borrow_watched().current_leader;
             if leader.is_some_and(|l| l != core.raft_id) {
-                return Ok(leader
-                    .and_then(|l| membership.get_node(&l))
-                    .map(|n| n.node_id));
+                return Ok(leader.and_then(|l| membership.get_node(&l)).map(|n| n.node_id));
             }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                return Err(ApiError::unavailable(
-                    "transfer_timeout",
-                    "leadership did not move in time",
-                ));
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return Err(ApiError::unavailable("transfer_timeout", "leadership did not move in time"));
             }
         }
     }

@@ -43,11 +43,13 @@ pub struct Core {
     pub log: LogStore,
 }
 
-/// An identity handed to a waiting node by the leader (see `Admin.Assign`).
+/// What a node without a Raft member can be told to do by its peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Assignment {
-    pub raft_id: RaftId,
-    pub cluster_id: String,
+pub enum Offer {
+    /// The leader allocated this Raft id for the node (`Admin.Assign`).
+    Assign { raft_id: RaftId, cluster_id: String },
+    /// The seed of a new cluster asks it to initialize with these members (`Admin.Form`).
+    Form { members: std::collections::BTreeMap<u64, String> },
 }
 
 pub struct Service {
@@ -56,8 +58,8 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     core: OnceLock<Arc<Core>>,
     core_set: watch::Sender<bool>,
-    /// Where an `Assign` call delivers the identity to a bootstrap that waits for one.
-    assign_tx: Mutex<Option<oneshot::Sender<Assignment>>>,
+    /// Where `Assign`/`Form` calls reach a bootstrap that waits for one.
+    offer_tx: Mutex<Option<oneshot::Sender<Offer>>>,
     /// Serializes membership changes made through this node.
     pub(crate) admin_lock: tokio::sync::Mutex<()>,
 }
@@ -70,7 +72,7 @@ impl Service {
             metrics,
             core: OnceLock::new(),
             core_set: watch::channel(false).0,
-            assign_tx: Mutex::new(None),
+            offer_tx: Mutex::new(None),
             admin_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -89,9 +91,7 @@ impl Service {
     }
 
     pub fn core(&self) -> Result<&Arc<Core>, ApiError> {
-        self.core
-            .get()
-            .ok_or_else(|| ApiError::not_ready("this node has not joined a cluster yet"))
+        self.core.get().ok_or_else(|| ApiError::not_ready("this node has not joined a cluster yet"))
     }
 
     pub fn try_core(&self) -> Option<&Arc<Core>> {
@@ -112,21 +112,17 @@ impl Service {
         self.core.get()
     }
 
-    /// Arm the `Assign` hand-off: the returned receiver gets the identity the leader allocates.
-    pub fn await_assignment(&self) -> oneshot::Receiver<Assignment> {
+    /// Arm the hand-off: the returned receiver gets the first `Assign` or `Form` offer.
+    pub fn await_offer(&self) -> oneshot::Receiver<Offer> {
         let (tx, rx) = oneshot::channel();
-        *self.assign_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        *self.offer_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         rx
     }
 
-    /// Deliver an identity to a waiting bootstrap. False when nothing was waiting.
-    pub fn deliver_assignment(&self, a: Assignment) -> bool {
-        let tx = self
-            .assign_tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        tx.is_some_and(|tx| tx.send(a).is_ok())
+    /// Deliver an offer to a waiting bootstrap. False when nothing was waiting.
+    pub fn deliver_offer(&self, offer: Offer) -> bool {
+        let tx = self.offer_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        tx.is_some_and(|tx| tx.send(offer).is_ok())
     }
 
     /// The latest Raft metrics of the core.

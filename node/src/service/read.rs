@@ -49,14 +49,8 @@ impl FromStr for Consistency {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadQuery {
-    Get {
-        key: String,
-    },
-    Scan {
-        prefix: String,
-        after: Option<String>,
-        limit: usize,
-    },
+    Get { key: String },
+    Scan { prefix: String, after: Option<String>, limit: usize },
 }
 
 /// A record as returned to readers, with its remaining TTL computed by the serving node.
@@ -88,20 +82,13 @@ impl WireRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadOutcome {
     Get(Option<WireRecord>),
-    Scan {
-        items: Vec<WireRecord>,
-        next_after: Option<String>,
-    },
+    Scan { items: Vec<WireRecord>, next_after: Option<String> },
 }
 
 const LEADER_POLL: Duration = Duration::from_millis(25);
 
 impl Service {
-    pub async fn read(
-        &self,
-        query: ReadQuery,
-        consistency: Consistency,
-    ) -> Result<ReadOutcome, ApiError> {
+    pub async fn read(&self, query: ReadQuery, consistency: Consistency) -> Result<ReadOutcome, ApiError> {
         let core = self.core()?;
         if consistency == Consistency::Stale {
             return Ok(self.read_local(core, &query));
@@ -122,9 +109,7 @@ impl Service {
                 Route::Unknown => {}
             }
             if Instant::now() + LEADER_POLL >= deadline {
-                return Err(ApiError::no_quorum(
-                    "no leader could confirm a linearizable read in time",
-                ));
+                return Err(ApiError::no_quorum("no leader could confirm a linearizable read in time"));
             }
             tokio::time::sleep(LEADER_POLL).await;
         }
@@ -154,13 +139,11 @@ impl Service {
         match tokio::time::timeout_at(deadline, core.raft.ensure_linearizable(policy)).await {
             Ok(Ok(_)) => Ok(Some(self.read_local(core, query))),
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Ok(None),
-            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => Err(
-                ApiError::no_quorum(format!("leadership could not be confirmed: {e}")),
-            ),
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => {
+                Err(ApiError::no_quorum(format!("leadership could not be confirmed: {e}")))
+            }
             Ok(Err(e)) => Err(ApiError::internal(e.to_string())),
-            Err(_) => Err(ApiError::no_quorum(
-                "leadership could not be confirmed in time",
-            )),
+            Err(_) => Err(ApiError::no_quorum("leadership could not be confirmed in time")),
         }
     }
 
@@ -168,63 +151,33 @@ impl Service {
     pub fn read_local(&self, core: &Core, query: &ReadQuery) -> ReadOutcome {
         let now = now_ms();
         core.sm.read(|sm| match query {
-            ReadQuery::Get { key } => ReadOutcome::Get(
-                sm.kv
-                    .get(key, now)
-                    .map(|r| WireRecord::new(key.clone(), r, now)),
-            ),
-            ReadQuery::Scan {
-                prefix,
-                after,
-                limit,
-            } => {
+            ReadQuery::Get { key } => {
+                ReadOutcome::Get(sm.kv.get(key, now).map(|r| WireRecord::new(key.clone(), r, now)))
+            }
+            ReadQuery::Scan { prefix, after, limit } => {
                 let page = sm.kv.scan(prefix, after.as_deref(), *limit, now);
                 ReadOutcome::Scan {
-                    items: page
-                        .items
-                        .into_iter()
-                        .map(|(k, r)| WireRecord::new(k, &r, now))
-                        .collect(),
+                    items: page.items.into_iter().map(|(k, r)| WireRecord::new(k, &r, now)).collect(),
                     next_after: page.next_after,
                 }
             }
         })
     }
 
-    async fn forward_read(
-        &self,
-        addr: &str,
-        query: &ReadQuery,
-        deadline: Instant,
-    ) -> Result<ReadOutcome, Retry> {
-        let bytes =
-            codec::encode(query).map_err(|e| Retry::Fail(ApiError::internal(e.to_string())))?;
-        let mut client = self
-            .pool
-            .kv(addr)
-            .map_err(|e| Retry::Fail(ApiError::internal(e.to_string())))?;
-        self.metrics
-            .forwarded
-            .with_label_values(&["0", "read"])
-            .inc();
-        let call = client.read(ReadRequest {
-            group_id: DATA_GROUP,
-            query: Bytes::from(bytes),
-        });
+    async fn forward_read(&self, addr: &str, query: &ReadQuery, deadline: Instant) -> Result<ReadOutcome, Retry> {
+        let bytes = codec::encode(query).map_err(|e| Retry::Fail(ApiError::internal(e.to_string())))?;
+        let mut client = self.pool.kv(addr).map_err(|e| Retry::Fail(ApiError::internal(e.to_string())))?;
+        self.metrics.forwarded.with_label_values(&["0", "read"]).inc();
+        let call = client.read(ReadRequest { group_id: DATA_GROUP, query: Bytes::from(bytes) });
         match tokio::time::timeout_at(deadline, call).await {
-            Err(_) => Err(Retry::Fail(ApiError::no_quorum(
-                "the leader did not confirm the read in time",
-            ))),
+            Err(_) => Err(Retry::Fail(ApiError::no_quorum("the leader did not confirm the read in time"))),
             // Reads change nothing: any transport failure can be retried.
-            Ok(Err(status))
-                if is_connect_error(&status) || status.code() == tonic::Code::Unavailable =>
-            {
+            Ok(Err(status)) if is_connect_error(&status) || status.code() == tonic::Code::Unavailable => {
                 Err(Retry::Again)
             }
-            Ok(Err(status)) => Err(Retry::Fail(ApiError::internal(format!(
-                "forwarding the read failed: {}",
-                status.message()
-            )))),
+            Ok(Err(status)) => {
+                Err(Retry::Fail(ApiError::internal(format!("forwarding the read failed: {}", status.message()))))
+            }
             Ok(Ok(r)) => decode_forward_reply(r.into_inner()),
         }
     }

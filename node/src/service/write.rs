@@ -68,12 +68,7 @@ impl Service {
         self.write_until(cmd, deadline, false).await
     }
 
-    async fn write_until(
-        &self,
-        cmd: Command,
-        deadline: Instant,
-        may_forward: bool,
-    ) -> Result<WriteOutcome, ApiError> {
+    async fn write_until(&self, cmd: Command, deadline: Instant, may_forward: bool) -> Result<WriteOutcome, ApiError> {
         let core = self.core()?;
         loop {
             match self.route(core) {
@@ -90,17 +85,12 @@ impl Service {
                     }
                 }
                 Route::Remote(_) | Route::Unknown if !may_forward => {
-                    return Err(ApiError::unavailable(
-                        "not_leader",
-                        "this node is not the leader",
-                    ));
+                    return Err(ApiError::unavailable("not_leader", "this node is not the leader"));
                 }
                 Route::Remote(_) | Route::Unknown => {}
             }
             if Instant::now() + LEADER_POLL >= deadline {
-                return Err(ApiError::no_quorum(
-                    "no leader could commit the write in time; it was not applied",
-                ));
+                return Err(ApiError::no_quorum("no leader could commit the write in time; it was not applied"));
             }
             tokio::time::sleep(LEADER_POLL).await;
         }
@@ -119,17 +109,9 @@ impl Service {
         let kind = cmd.kind();
         self.metrics.proposals.with_label_values(&["0", kind]).inc();
         let res = tokio::time::timeout_at(deadline, core.raft.client_write(cmd)).await;
-        let fail = |reason: &str| {
-            self.metrics
-                .proposal_failures
-                .with_label_values(&["0", reason])
-                .inc()
-        };
+        let fail = |reason: &str| self.metrics.proposal_failures.with_label_values(&["0", reason]).inc();
         match res {
-            Ok(Ok(resp)) => Ok(Some(WriteOutcome {
-                index: resp.log_id.index,
-                result: resp.data,
-            })),
+            Ok(Ok(resp)) => Ok(Some(WriteOutcome { index: resp.log_id.index, result: resp.data })),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Ok(None),
             Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
                 fail("discarded");
@@ -151,26 +133,11 @@ impl Service {
         }
     }
 
-    async fn forward_write(
-        &self,
-        addr: &str,
-        cmd: &Command,
-        deadline: Instant,
-    ) -> Result<WriteOutcome, Retry> {
-        let command =
-            codec::encode(cmd).map_err(|e| Retry::Fail(ApiError::internal(e.to_string())))?;
-        let mut client = self
-            .pool
-            .kv(addr)
-            .map_err(|e| Retry::Fail(ApiError::internal(e.to_string())))?;
-        self.metrics
-            .forwarded
-            .with_label_values(&["0", "write"])
-            .inc();
-        let call = client.write(WriteRequest {
-            group_id: DATA_GROUP,
-            command: Bytes::from(command),
-        });
+    async fn forward_write(&self, addr: &str, cmd: &Command, deadline: Instant) -> Result<WriteOutcome, Retry> {
+        let command = codec::encode(cmd).map_err(|e| Retry::Fail(ApiError::internal(e.to_string())))?;
+        let mut client = self.pool.kv(addr).map_err(|e| Retry::Fail(ApiError::internal(e.to_string())))?;
+        self.metrics.forwarded.with_label_values(&["0", "write"]).inc();
+        let call = client.write(WriteRequest { group_id: DATA_GROUP, command: Bytes::from(command) });
         let reply = match tokio::time::timeout_at(deadline, call).await {
             Err(_) => {
                 return Err(Retry::Fail(ApiError::no_quorum(
@@ -204,12 +171,7 @@ pub(super) fn decode_forward_reply<T: serde::de::DeserializeOwned>(
 ) -> Result<T, Retry> {
     if let Some(err) = reply.error {
         let err = ApiError::from(err);
-        return Err(if err.code == "not_leader" {
-            Retry::Again
-        } else {
-            Retry::Fail(err)
-        });
+        return Err(if err.code == "not_leader" { Retry::Again } else { Retry::Fail(err) });
     }
-    codec::decode(&reply.outcome)
-        .map_err(|e| Retry::Fail(ApiError::internal(format!("bad reply from leader: {e}"))))
+    codec::decode(&reply.outcome).map_err(|e| Retry::Fail(ApiError::internal(format!("bad reply from leader: {e}"))))
 }

@@ -39,8 +39,7 @@ impl KvRecord {
 
     /// Remaining time to live in whole seconds (rounded up), if the key has a TTL.
     pub fn ttl_seconds(&self, now_ms: u64) -> Option<u64> {
-        self.expires_at_ms
-            .map(|at| at.saturating_sub(now_ms).div_ceil(1000))
+        self.expires_at_ms.map(|at| at.saturating_sub(now_ms).div_ceil(1000))
     }
 
     fn approx_bytes(key: &str, rec: &KvRecord) -> u64 {
@@ -71,14 +70,7 @@ impl KvState {
     /// Apply one committed command at log index `revision`.
     pub fn apply(&mut self, revision: u64, cmd: &Command) -> CommandResult {
         match cmd {
-            Command::Put {
-                key,
-                value,
-                content_type,
-                ttl_ms,
-                condition,
-                now_ms,
-            } => {
+            Command::Put { key, value, content_type, ttl_ms, condition, now_ms } => {
                 let current = self.live(key, *now_ms);
                 if let Some(failed) = check(*condition, current) {
                     return failed;
@@ -96,17 +88,9 @@ impl KvState {
                     expires_at_ms: ttl_ms.map(|ttl| now_ms.saturating_add(ttl)),
                 };
                 self.insert(key.clone(), record);
-                CommandResult::Put {
-                    created,
-                    revision,
-                    version,
-                }
+                CommandResult::Put { created, revision, version }
             }
-            Command::Delete {
-                key,
-                condition,
-                now_ms,
-            } => {
+            Command::Delete { key, condition, now_ms } => {
                 let current = self.live(key, *now_ms);
                 if let Some(failed) = check(*condition, current) {
                     return failed;
@@ -121,11 +105,7 @@ impl KvState {
             }
             Command::Expire { keys } => {
                 for (key, mod_revision) in keys {
-                    if self
-                        .map
-                        .get(key)
-                        .is_some_and(|r| r.mod_revision == *mod_revision)
-                    {
+                    if self.map.get(key).is_some_and(|r| r.mod_revision == *mod_revision) {
                         self.remove(key);
                     }
                 }
@@ -167,11 +147,7 @@ impl KvState {
             }
             items.push((k.clone(), rec.clone()));
         }
-        let next_after = if more {
-            items.last().map(|(k, _)| k.clone())
-        } else {
-            None
-        };
+        let next_after = if more { items.last().map(|(k, _)| k.clone()) } else { None };
         ScanPage { items, next_after }
     }
 
@@ -207,14 +183,8 @@ impl KvState {
     }
 
     /// Rebuild a state from its parts (snapshot install); derived indexes are recomputed.
-    pub fn from_parts(
-        cluster_id: Option<String>,
-        records: impl IntoIterator<Item = (String, KvRecord)>,
-    ) -> Self {
-        let mut state = KvState {
-            cluster_id,
-            ..KvState::default()
-        };
+    pub fn from_parts(cluster_id: Option<String>, records: impl IntoIterator<Item = (String, KvRecord)>) -> Self {
+        let mut state = KvState { cluster_id, ..KvState::default() };
         for (k, r) in records {
             state.insert(k, r);
         }
@@ -236,9 +206,7 @@ impl KvState {
 
     fn remove(&mut self, key: &str) {
         if let Some(old) = self.map.remove(key) {
-            self.approx_bytes = self
-                .approx_bytes
-                .saturating_sub(KvRecord::approx_bytes(key, &old));
+            self.approx_bytes = self.approx_bytes.saturating_sub(KvRecord::approx_bytes(key, &old));
             if let Some(at) = old.expires_at_ms {
                 self.expiries.remove(&(at, key.to_string()));
             }
@@ -253,22 +221,14 @@ fn check(condition: Condition, current: Option<&KvRecord>) -> Option<CommandResu
         Condition::Absent => current.is_none(),
         Condition::ModRevision(rev) => current.is_some_and(|r| r.mod_revision == rev),
     };
-    (!holds).then(|| CommandResult::ConditionFailed {
-        current_revision: current.map(|r| r.mod_revision),
-    })
+    (!holds).then(|| CommandResult::ConditionFailed { current_revision: current.map(|r| r.mod_revision) })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn put(
-        key: &str,
-        value: &str,
-        condition: Condition,
-        ttl_ms: Option<u64>,
-        now_ms: u64,
-    ) -> Command {
+    fn put(key: &str, value: &str, condition: Condition, ttl_ms: Option<u64>, now_ms: u64) -> Command {
         Command::Put {
             key: key.into(),
             value: Bytes::from(value.to_string()),
@@ -284,25 +244,14 @@ mod tests {
         let mut s = KvState::default();
         assert_eq!(
             s.apply(5, &put("a", "1", Condition::None, None, 0)),
-            CommandResult::Put {
-                created: true,
-                revision: 5,
-                version: 1
-            }
+            CommandResult::Put { created: true, revision: 5, version: 1 }
         );
         assert_eq!(
             s.apply(9, &put("a", "2", Condition::None, None, 0)),
-            CommandResult::Put {
-                created: false,
-                revision: 9,
-                version: 2
-            }
+            CommandResult::Put { created: false, revision: 9, version: 2 }
         );
         let rec = s.get("a", 0).unwrap();
-        assert_eq!(
-            (rec.create_revision, rec.mod_revision, rec.version),
-            (5, 9, 2)
-        );
+        assert_eq!((rec.create_revision, rec.mod_revision, rec.version), (5, 9, 2));
         assert_eq!(rec.value, Bytes::from_static(b"2"));
     }
 
@@ -312,20 +261,13 @@ mod tests {
         s.apply(1, &put("k", "v1", Condition::None, None, 0));
         assert_eq!(
             s.apply(2, &put("k", "v2", Condition::ModRevision(7), None, 0)),
-            CommandResult::ConditionFailed {
-                current_revision: Some(1)
-            }
+            CommandResult::ConditionFailed { current_revision: Some(1) }
         );
         assert_eq!(s.get("k", 0).unwrap().value, Bytes::from_static(b"v1"));
-        assert!(matches!(
-            s.apply(3, &put("k", "v3", Condition::ModRevision(1), None, 0)),
-            CommandResult::Put { .. }
-        ));
+        assert!(matches!(s.apply(3, &put("k", "v3", Condition::ModRevision(1), None, 0)), CommandResult::Put { .. }));
         assert_eq!(
             s.apply(4, &put("k", "x", Condition::Absent, None, 0)),
-            CommandResult::ConditionFailed {
-                current_revision: Some(3)
-            }
+            CommandResult::ConditionFailed { current_revision: Some(3) }
         );
         assert!(matches!(
             s.apply(5, &put("new", "x", Condition::Absent, None, 0)),
@@ -333,9 +275,7 @@ mod tests {
         ));
         assert_eq!(
             s.apply(6, &put("missing", "x", Condition::ModRevision(1), None, 0)),
-            CommandResult::ConditionFailed {
-                current_revision: None
-            }
+            CommandResult::ConditionFailed { current_revision: None }
         );
     }
 
@@ -343,19 +283,9 @@ mod tests {
     fn delete_with_and_without_condition() {
         let mut s = KvState::default();
         s.apply(1, &put("k", "v", Condition::None, None, 0));
-        let del = |c| Command::Delete {
-            key: "k".into(),
-            condition: c,
-            now_ms: 0,
-        };
-        assert!(matches!(
-            s.apply(2, &del(Condition::ModRevision(9))),
-            CommandResult::ConditionFailed { .. }
-        ));
-        assert_eq!(
-            s.apply(3, &del(Condition::ModRevision(1))),
-            CommandResult::Deleted { revision: 3 }
-        );
+        let del = |c| Command::Delete { key: "k".into(), condition: c, now_ms: 0 };
+        assert!(matches!(s.apply(2, &del(Condition::ModRevision(9))), CommandResult::ConditionFailed { .. }));
+        assert_eq!(s.apply(3, &del(Condition::ModRevision(1))), CommandResult::Deleted { revision: 3 });
         assert_eq!(s.apply(4, &del(Condition::None)), CommandResult::NotFound);
         assert!(s.is_empty());
         assert_eq!(s.approx_bytes(), 0);
@@ -367,22 +297,11 @@ mod tests {
         s.apply(1, &put("t", "v", Condition::None, Some(1000), 10_000));
         s.apply(2, &put("u", "v", Condition::None, Some(1000), 10_000));
         assert_eq!(s.get("t", 10_500).unwrap().ttl_seconds(10_500), Some(1));
-        assert!(
-            s.get("t", 11_000).is_none(),
-            "expired keys are hidden from reads"
-        );
-        assert_eq!(
-            s.expired(11_000, 10),
-            vec![("t".to_string(), 1), ("u".to_string(), 2)]
-        );
+        assert!(s.get("t", 11_000).is_none(), "expired keys are hidden from reads");
+        assert_eq!(s.expired(11_000, 10), vec![("t".to_string(), 1), ("u".to_string(), 2)]);
         // "u" is rewritten before the expire command applies: it must survive.
         s.apply(3, &put("u", "w", Condition::None, None, 11_000));
-        s.apply(
-            4,
-            &Command::Expire {
-                keys: vec![("t".into(), 1), ("u".into(), 2)],
-            },
-        );
+        s.apply(4, &Command::Expire { keys: vec![("t".into(), 1), ("u".into(), 2)] });
         assert!(s.get("t", 0).is_none());
         assert_eq!(s.get("u", 99_999).unwrap().value, Bytes::from_static(b"w"));
         assert!(s.expired(u64::MAX, 10).is_empty());
@@ -394,11 +313,7 @@ mod tests {
         s.apply(1, &put("t", "v", Condition::None, Some(10), 0));
         assert!(matches!(
             s.apply(2, &put("t", "w", Condition::Absent, None, 10)),
-            CommandResult::Put {
-                created: true,
-                version: 1,
-                ..
-            }
+            CommandResult::Put { created: true, version: 1, .. }
         ));
     }
 
@@ -409,16 +324,10 @@ mod tests {
             s.apply(i as u64 + 1, &put(k, "v", Condition::None, None, 0));
         }
         let p1 = s.scan("a/", None, 2, 0);
-        assert_eq!(
-            p1.items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
-            vec!["a/0", "a/1"]
-        );
+        assert_eq!(p1.items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), vec!["a/0", "a/1"]);
         assert_eq!(p1.next_after.as_deref(), Some("a/1"));
         let p2 = s.scan("a/", p1.next_after.as_deref(), 2, 0);
-        assert_eq!(
-            p2.items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
-            vec!["a/2", "a/3"]
-        );
+        assert_eq!(p2.items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), vec!["a/2", "a/3"]);
         assert_eq!(p2.next_after, None);
         assert_eq!(s.scan("", None, 100, 0).items.len(), 5);
         assert!(s.scan("zz", None, 10, 0).items.is_empty());
@@ -437,10 +346,8 @@ mod tests {
         let mut s = KvState::default();
         s.apply(1, &put("t", "v", Condition::None, Some(5), 0));
         s.apply(2, &put("p", "v", Condition::None, None, 0));
-        let rebuilt = KvState::from_parts(
-            s.cluster_id().map(String::from),
-            s.iter().map(|(k, r)| (k.clone(), r.clone())),
-        );
+        let rebuilt =
+            KvState::from_parts(s.cluster_id().map(String::from), s.iter().map(|(k, r)| (k.clone(), r.clone())));
         assert_eq!(rebuilt, s);
     }
 }

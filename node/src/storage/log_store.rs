@@ -178,11 +178,7 @@ pub struct LogStoreOptions {
 
 impl Default for LogStoreOptions {
     fn default() -> Self {
-        LogStoreOptions {
-            fsync: FsyncPolicy::Always,
-            compact_min_bytes: 64 << 20,
-            compact_ratio: 4,
-        }
+        LogStoreOptions { fsync: FsyncPolicy::Always, compact_min_bytes: 64 << 20, compact_ratio: 4 }
     }
 }
 
@@ -225,19 +221,13 @@ fn encode_record(record: &RecordRef<'_>, out: &mut Vec<u8>) -> io::Result<u64> {
     out.push(FORMAT_VERSION);
     if let Err(e) = postcard::to_io(record, &mut *out) {
         out.truncate(start);
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("cannot encode WAL record: {e}"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("cannot encode WAL record: {e}")));
     }
     let payload_start = start + HEADER_LEN as usize;
     let Ok(payload_len) = u32::try_from(out.len() - payload_start) else {
         let len = out.len() - payload_start;
         out.truncate(start);
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("WAL record too large: {len} bytes"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("WAL record too large: {len} bytes")));
     };
     let crc = crc32fast::hash(&out[payload_start..]);
     out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
@@ -248,25 +238,16 @@ fn encode_record(record: &RecordRef<'_>, out: &mut Vec<u8>) -> io::Result<u64> {
 /// Decode a payload whose checksum already matched.
 fn decode_payload(payload: &[u8]) -> io::Result<Record> {
     let Some((&version, body)) = payload.split_first() else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "empty WAL record",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "empty WAL record"));
     };
     if version != FORMAT_VERSION {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!(
-                "unsupported WAL record format version {version} (this build reads version {FORMAT_VERSION})"
-            ),
+            format!("unsupported WAL record format version {version} (this build reads version {FORMAT_VERSION})"),
         ));
     }
-    let (record, rest) = postcard::take_from_bytes::<Record>(body).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("undecodable WAL record: {e}"),
-        )
-    })?;
+    let (record, rest) = postcard::take_from_bytes::<Record>(body)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("undecodable WAL record: {e}")))?;
     if !rest.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -381,11 +362,7 @@ impl State {
     }
 
     fn purge(&mut self, upto: &LogId) {
-        if self
-            .last_purged
-            .as_ref()
-            .is_some_and(|p| p.index >= upto.index)
-        {
+        if self.last_purged.as_ref().is_some_and(|p| p.index >= upto.index) {
             return;
         }
         self.last_purged = Some(*upto);
@@ -446,10 +423,7 @@ struct Shared {
 impl Shared {
     fn poison_error(&self) -> Option<io::Error> {
         self.poison.get().map(|(kind, message)| {
-            io::Error::new(
-                *kind,
-                format!("raft log store failed by an earlier I/O error: {message}"),
-            )
+            io::Error::new(*kind, format!("raft log store failed by an earlier I/O error: {message}"))
         })
     }
 }
@@ -516,10 +490,7 @@ pub struct LogStore {
 
 impl fmt::Debug for LogStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LogStore")
-            .field("dir", &self.inner.dir)
-            .field("stats", &self.stats())
-            .finish()
+        f.debug_struct("LogStore").field("dir", &self.inner.dir).field("stats", &self.stats()).finish()
     }
 }
 
@@ -562,13 +533,7 @@ impl Drop for Inner {
 impl LogStore {
     /// Open (or create) the log in `dir` with default options and the given fsync policy.
     pub fn open(dir: &Path, fsync: FsyncPolicy) -> io::Result<LogStore> {
-        Self::open_with_options(
-            dir,
-            LogStoreOptions {
-                fsync,
-                ..LogStoreOptions::default()
-            },
-        )
+        Self::open_with_options(dir, LogStoreOptions { fsync, ..LogStoreOptions::default() })
     }
 
     /// Open (or create) the log in `dir`: replay `raft.wal`, cut off a torn tail, start the
@@ -603,9 +568,7 @@ impl LogStore {
         let file = OpenOptions::new().append(true).open(&wal_path)?;
 
         let shared = Arc::new(Shared::default());
-        shared
-            .entries
-            .store(state.entries.len() as u64, Ordering::Relaxed);
+        shared.entries.store(state.entries.len() as u64, Ordering::Relaxed);
         shared.wal_bytes.store(wal_bytes, Ordering::Relaxed);
         let state = Arc::new(Mutex::new(state));
 
@@ -619,9 +582,7 @@ impl LogStore {
             covered_seq: 0,
             compact_floor: 0,
         };
-        let handle = std::thread::Builder::new()
-            .name("raft-wal".to_string())
-            .spawn(move || writer.run(rx))?;
+        let handle = std::thread::Builder::new().name("raft-wal".to_string()).spawn(move || writer.run(rx))?;
 
         Ok(LogStore {
             inner: Arc::new(Inner {
@@ -677,13 +638,7 @@ impl LogStore {
         may_compact: bool,
     ) -> io::Result<()> {
         let seq = state.next_seq();
-        self.send(Msg::Write(Request {
-            seq,
-            bytes,
-            done,
-            vote,
-            may_compact,
-        }))
+        self.send(Msg::Write(Request { seq, bytes, done, vote, may_compact }))
     }
 
     fn send(&self, msg: Msg) -> io::Result<()> {
@@ -700,10 +655,7 @@ impl LogStore {
     }
 
     fn update_entry_count(&self, state: &State) {
-        self.inner
-            .shared
-            .entries
-            .store(state.entries.len() as u64, Ordering::Relaxed);
+        self.inner.shared.entries.store(state.entries.len() as u64, Ordering::Relaxed);
     }
 
     /// Wait for a request queued with [`Completion::Wait`].
@@ -723,11 +675,7 @@ impl LogStore {
         gate_tx
     }
 
-    async fn append_inner<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> io::Result<()>
+    async fn append_inner<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
     where
         I: IntoIterator<Item = Entry>,
     {
@@ -752,13 +700,7 @@ impl LogStore {
             state.insert(entry, size);
         }
         self.update_entry_count(&state);
-        self.submit(
-            &mut state,
-            bytes,
-            Completion::Flushed(callback),
-            None,
-            false,
-        )
+        self.submit(&mut state, bytes, Completion::Flushed(callback), None, false)
     }
 }
 
@@ -773,11 +715,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(Vec::new());
         }
         let state = self.state();
-        Ok(state
-            .entries
-            .range(range)
-            .map(|(_, stored)| stored.entry.clone())
-            .collect())
+        Ok(state.entries.range(range).map(|(_, stored)| stored.entry.clone()).collect())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -790,12 +728,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
 fn range_may_be_non_empty<R: RangeBounds<u64>>(range: &R) -> bool {
     match (range.start_bound(), range.end_bound()) {
         (Bound::Included(s), Bound::Included(e)) => s <= e,
-        (Bound::Included(s), Bound::Excluded(e)) | (Bound::Excluded(s), Bound::Included(e)) => {
-            s < e
-        }
-        (Bound::Excluded(s), Bound::Excluded(e)) => {
-            s.checked_add(1).is_some_and(|first| first < *e)
-        }
+        (Bound::Included(s), Bound::Excluded(e)) | (Bound::Excluded(s), Bound::Included(e)) => s < e,
+        (Bound::Excluded(s), Bound::Excluded(e)) => s.checked_add(1).is_some_and(|first| first < *e),
         (Bound::Excluded(s), Bound::Unbounded) => *s < u64::MAX,
         (Bound::Unbounded, Bound::Excluded(e)) => *e > 0,
         _ => true,
@@ -808,10 +742,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         self.check_usable()?;
         let state = self.state();
-        Ok(LogState {
-            last_purged_log_id: state.last_purged,
-            last_log_id: state.last_log_id(),
-        })
+        Ok(LogState { last_purged_log_id: state.last_purged, last_log_id: state.last_log_id() })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -849,11 +780,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.state().committed)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -893,12 +820,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// Replay the WAL at `path` (created if missing) into a fresh state; cut off a torn tail.
 /// Returns the state and the length of the (possibly truncated) file.
 fn recover(path: &Path) -> io::Result<(State, u64)> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
     let file_len = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(1 << 16, &file);
     let mut state = State::default();
@@ -912,10 +834,7 @@ fn recover(path: &Path) -> io::Result<(State, u64)> {
         match read_record(&mut reader, file_len - pos, &mut payload)? {
             RawRecord::Good(size) => {
                 let record = decode_payload(&payload).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("{}: record at offset {pos}: {e}", path.display()),
-                    )
+                    io::Error::new(e.kind(), format!("{}: record at offset {pos}: {e}", path.display()))
                 })?;
                 state.apply(record, size);
                 pos += size;
@@ -925,12 +844,7 @@ fn recover(path: &Path) -> io::Result<(State, u64)> {
                 // Is this the crash point, or damage in the middle of acknowledged data? If
                 // the next record is intact, the log went on after this one.
                 let rest = file_len - pos - HEADER_LEN - payload.len() as u64;
-                if rest > 0
-                    && matches!(
-                        read_record(&mut reader, rest, &mut payload)?,
-                        RawRecord::Good(_)
-                    )
-                {
+                if rest > 0 && matches!(read_record(&mut reader, rest, &mut payload)?, RawRecord::Good(_)) {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!(
@@ -970,11 +884,7 @@ enum RawRecord {
 }
 
 /// Read one record from `reader`, which has `remaining` bytes left in the file.
-fn read_record(
-    reader: &mut impl Read,
-    remaining: u64,
-    payload: &mut Vec<u8>,
-) -> io::Result<RawRecord> {
+fn read_record(reader: &mut impl Read, remaining: u64, payload: &mut Vec<u8>) -> io::Result<RawRecord> {
     if remaining < HEADER_LEN {
         return Ok(RawRecord::Torn("incomplete record header"));
     }
@@ -1171,10 +1081,7 @@ impl Writer {
         self.shared.wal_bytes.store(size, Ordering::Relaxed);
         if let Err(e) = sync_dir(&self.dir) {
             tracing::error!(dir = %self.dir.display(), error = %e, "cannot fsync the log directory after WAL compaction");
-            let _ = self
-                .shared
-                .poison
-                .set((e.kind(), format!("fsync of the log directory failed: {e}")));
+            let _ = self.shared.poison.set((e.kind(), format!("fsync of the log directory failed: {e}")));
             return;
         }
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -1193,11 +1100,7 @@ impl Writer {
 /// Write the compacted log to `tmp_path` and fsync it. Returns the open file (positioned at its
 /// end, ready for appends) and its size.
 fn write_compacted(tmp_path: &Path, snapshot: &CompactionSnapshot) -> io::Result<(File, u64)> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp_path)?;
+    let file = OpenOptions::new().write(true).create(true).truncate(true).open(tmp_path)?;
     let mut writer = BufWriter::new(file);
     let mut buf = Vec::new();
     let mut size = 0u64;
@@ -1244,10 +1147,7 @@ mod tests {
     }
 
     fn entry(term: u64, index: u64) -> Entry {
-        Entry {
-            log_id: lid(term, index),
-            payload: EntryPayload::Normal(Command::Noop),
-        }
+        Entry { log_id: lid(term, index), payload: EntryPayload::Normal(Command::Noop) }
     }
 
     fn put_entry(term: u64, index: u64, value_len: usize) -> Entry {
@@ -1268,22 +1168,10 @@ mod tests {
         let members: BTreeSet<u64> = [1, 2].into_iter().collect();
         let nodes: BTreeMap<u64, Member> = [1u64, 2]
             .into_iter()
-            .map(|id| {
-                (
-                    id,
-                    Member {
-                        node_id: id,
-                        grpc_addr: format!("10.0.0.{id}:7000"),
-                        http_addr: String::new(),
-                    },
-                )
-            })
+            .map(|id| (id, Member { node_id: id, grpc_addr: format!("10.0.0.{id}:7000"), http_addr: String::new() }))
             .collect();
         let membership = Membership::new(vec![members], nodes).unwrap();
-        Entry {
-            log_id: lid(term, index),
-            payload: EntryPayload::Membership(membership),
-        }
+        Entry { log_id: lid(term, index), payload: EntryPayload::Membership(membership) }
     }
 
     /// Append and wait for durability.
@@ -1342,19 +1230,10 @@ mod tests {
 
     #[test]
     fn fsync_policy_parses() {
-        assert_eq!(
-            "always".parse::<FsyncPolicy>().unwrap(),
-            FsyncPolicy::Always
-        );
+        assert_eq!("always".parse::<FsyncPolicy>().unwrap(), FsyncPolicy::Always);
         assert_eq!("Never".parse::<FsyncPolicy>().unwrap(), FsyncPolicy::Never);
         assert!("sometimes".parse::<FsyncPolicy>().is_err());
-        assert_eq!(
-            FsyncPolicy::Never
-                .to_string()
-                .parse::<FsyncPolicy>()
-                .unwrap(),
-            FsyncPolicy::Never
-        );
+        assert_eq!(FsyncPolicy::Never.to_string().parse::<FsyncPolicy>().unwrap(), FsyncPolicy::Never);
     }
 
     #[test]
@@ -1389,11 +1268,7 @@ mod tests {
 
         store.save_vote(&Vote::new(1, 1)).await.unwrap();
         append(&mut store, (1..=10).map(|i| entry(1, i)).collect()).await;
-        append(
-            &mut store,
-            vec![membership_entry(1, 11), put_entry(1, 12, 100)],
-        )
-        .await;
+        append(&mut store, vec![membership_entry(1, 11), put_entry(1, 12, 100)]).await;
         store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
         // A conflicting suffix is replaced by a new leader's entries.
         store.truncate_after(Some(lid(1, 8))).await.unwrap();
@@ -1436,21 +1311,12 @@ mod tests {
         let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
         let gate = store.pause_writer();
         let (tx, mut rx) = TypeConfig::oneshot();
-        store
-            .append(vec![entry(1, 1), entry(1, 2)], IOFlushed::signal(tx))
-            .await
-            .unwrap();
+        store.append(vec![entry(1, 1), entry(1, 2)], IOFlushed::signal(tx)).await.unwrap();
         let mut reader = store.get_log_reader().await;
         assert_eq!(reader.try_get_log_entries(1..3).await.unwrap().len(), 2);
-        assert_eq!(
-            store.get_log_state().await.unwrap().last_log_id,
-            Some(lid(1, 2))
-        );
+        assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(lid(1, 2)));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(
-            rx.try_recv().is_err(),
-            "completed while the writer was paused"
-        );
+        assert!(rx.try_recv().is_err(), "completed while the writer was paused");
         drop(gate);
         rx.await.unwrap().unwrap();
     }
@@ -1465,38 +1331,13 @@ mod tests {
             assert!(store.try_get_log_entries(4..2).await.unwrap().is_empty());
             assert!(store.try_get_log_entries(3..3).await.unwrap().is_empty());
         }
-        assert!(
-            store
-                .try_get_log_entries((Bound::Excluded(3), Bound::Excluded(3)))
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert!(
-            store
-                .try_get_log_entries((Bound::Excluded(3), Bound::Excluded(4)))
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(
-            store
-                .try_get_log_entries((Bound::Excluded(3), Bound::Excluded(5)))
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
+        assert!(store.try_get_log_entries((Bound::Excluded(3), Bound::Excluded(3))).await.unwrap().is_empty());
+        assert!(store.try_get_log_entries((Bound::Excluded(3), Bound::Excluded(4))).await.unwrap().is_empty());
+        assert_eq!(store.try_get_log_entries((Bound::Excluded(3), Bound::Excluded(5))).await.unwrap().len(), 1);
         assert_eq!(store.try_get_log_entries(..=2).await.unwrap().len(), 2);
         assert_eq!(store.try_get_log_entries(4..).await.unwrap().len(), 2);
         assert!(store.try_get_log_entries(..0).await.unwrap().is_empty());
-        assert!(
-            store
-                .try_get_log_entries((Bound::Excluded(u64::MAX), Bound::Unbounded))
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(store.try_get_log_entries((Bound::Excluded(u64::MAX), Bound::Unbounded)).await.unwrap().is_empty());
     }
 
     /// Write 20 entries, a vote and a committed id; returns the state and the record ends.
@@ -1514,11 +1355,7 @@ mod tests {
     /// After recovery the store accepts appends, and they survive another reopen.
     async fn check_appendable(dir: &Path, mut expected: Observed) {
         let mut store = LogStore::open(dir, FsyncPolicy::Always).unwrap();
-        let next = expected
-            .log_state
-            .last_log_id
-            .as_ref()
-            .map_or(1, |l| l.index + 1);
+        let next = expected.log_state.last_log_id.as_ref().map_or(1, |l| l.index + 1);
         let e = put_entry(1, next, 5);
         append(&mut store, vec![e.clone()]).await;
         drop(store);
@@ -1542,26 +1379,12 @@ mod tests {
         assert_eq!(last.log_id.index, 20);
         without_last.log_state.last_log_id = Some(lid(1, 19));
 
-        for chop in [
-            1,
-            2,
-            5,
-            8,
-            9,
-            last_len / 2,
-            last_len - 9,
-            last_len - 8,
-            last_len - 1,
-        ] {
+        for chop in [1, 2, 5, 8, 9, last_len / 2, last_len - 9, last_len - 8, last_len - 1] {
             let dir = tempfile::tempdir().unwrap();
             fs::write(wal(dir.path()), &data[..data.len() - chop as usize]).unwrap();
             let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
             assert_eq!(observe(&mut store).await, without_last, "chop {chop}");
-            assert_eq!(
-                fs::metadata(wal(dir.path())).unwrap().len(),
-                good_len,
-                "chop {chop}"
-            );
+            assert_eq!(fs::metadata(wal(dir.path())).unwrap().len(), good_len, "chop {chop}");
             assert_eq!(store.stats().wal_bytes, good_len);
             drop(store);
             check_appendable(dir.path(), observe_fresh(dir.path()).await).await;
@@ -1597,10 +1420,7 @@ mod tests {
                 })
                 .collect()
         };
-        let mut tails: Vec<Vec<u8>> = [1, 3, 7, 8, 9, 16, 100, 1000, 5000]
-            .into_iter()
-            .map(&mut garbage)
-            .collect();
+        let mut tails: Vec<Vec<u8>> = [1, 3, 7, 8, 9, 16, 100, 1000, 5000].into_iter().map(&mut garbage).collect();
         // A zero-filled block, as left by a crash after the file grew but before data landed.
         tails.push(vec![0; 4096]);
         // A plausible header claiming a small payload, with a wrong checksum.
@@ -1616,11 +1436,7 @@ mod tests {
             fs::write(wal(dir.path()), &bytes).unwrap();
             let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
             assert_eq!(observe(&mut store).await, full, "tail #{i}");
-            assert_eq!(
-                fs::metadata(wal(dir.path())).unwrap().len(),
-                data.len() as u64,
-                "tail #{i}"
-            );
+            assert_eq!(fs::metadata(wal(dir.path())).unwrap().len(), data.len() as u64, "tail #{i}");
             drop(store);
             check_appendable(dir.path(), full.clone()).await;
         }
@@ -1655,10 +1471,7 @@ mod tests {
         let mut record = (payload.len() as u32).to_le_bytes().to_vec();
         record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         record.extend_from_slice(&payload);
-        let mut file = OpenOptions::new()
-            .append(true)
-            .open(wal(dir.path()))
-            .unwrap();
+        let mut file = OpenOptions::new().append(true).open(wal(dir.path())).unwrap();
         file.write_all(&record).unwrap();
         drop(file);
 
@@ -1697,15 +1510,9 @@ mod tests {
     }
 
     /// Start an append; returns the receiver of its completion.
-    async fn submit_append(
-        store: &mut LogStore,
-        entry: Entry,
-    ) -> tokio::sync::oneshot::Receiver<io::Result<()>> {
+    async fn submit_append(store: &mut LogStore, entry: Entry) -> tokio::sync::oneshot::Receiver<io::Result<()>> {
         let (tx, rx) = TypeConfig::oneshot();
-        store
-            .append(vec![entry], IOFlushed::signal(tx))
-            .await
-            .unwrap();
+        store.append(vec![entry], IOFlushed::signal(tx)).await.unwrap();
         rx
     }
 
@@ -1740,33 +1547,20 @@ mod tests {
         let mut voter = store.clone();
         let vote = tokio::spawn(async move { voter.save_vote(&Vote::new(2, 1)).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(
-            !vote.is_finished(),
-            "vote completed while the writer was paused"
-        );
-        assert_eq!(
-            store.read_vote().await.unwrap(),
-            None,
-            "vote visible before it is durable"
-        );
+        assert!(!vote.is_finished(), "vote completed while the writer was paused");
+        assert_eq!(store.read_vote().await.unwrap(), None, "vote visible before it is durable");
         drop(gate);
         vote.await.unwrap().unwrap();
         assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
         await_in_order(receivers).await;
 
         let fsyncs = store.stats().fsyncs - fsyncs_before;
-        assert!(
-            (1..=101).contains(&fsyncs),
-            "{fsyncs} fsyncs for 200 appends and a vote"
-        );
+        assert!((1..=101).contains(&fsyncs), "{fsyncs} fsyncs for 200 appends and a vote");
 
         drop(store);
         let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
         let entries = store.try_get_log_entries(..).await.unwrap();
-        assert_eq!(
-            entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
-            (1..=200).collect::<Vec<_>>()
-        );
+        assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (1..=200).collect::<Vec<_>>());
         assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
     }
 
@@ -1784,10 +1578,7 @@ mod tests {
                 for i in 0..per_task {
                     let (tx, rx) = TypeConfig::oneshot();
                     let index = t * per_task + i + 1;
-                    store
-                        .append(vec![put_entry(1, index, 20)], IOFlushed::signal(tx))
-                        .await
-                        .unwrap();
+                    store.append(vec![put_entry(1, index, 20)], IOFlushed::signal(tx)).await.unwrap();
                     receivers.push(rx);
                     if i % 10 == 0 {
                         tokio::task::yield_now().await;
@@ -1829,18 +1620,10 @@ mod tests {
     #[tokio::test]
     async fn compaction_keeps_only_live_data() {
         let dir = tempfile::tempdir().unwrap();
-        let options = LogStoreOptions {
-            fsync: FsyncPolicy::Always,
-            compact_min_bytes: 1024,
-            compact_ratio: 2,
-        };
+        let options = LogStoreOptions { fsync: FsyncPolicy::Always, compact_min_bytes: 1024, compact_ratio: 2 };
         let mut store = LogStore::open_with_options(dir.path(), options).unwrap();
         store.save_vote(&Vote::new_committed(3, 1)).await.unwrap();
-        append(
-            &mut store,
-            (1..=100).map(|i| put_entry(1, i, 100)).collect(),
-        )
-        .await;
+        append(&mut store, (1..=100).map(|i| put_entry(1, i, 100)).collect()).await;
         store.save_committed(Some(lid(1, 95))).await.unwrap();
 
         // A small purge leaves most of the data live: no rewrite. (The purge waits, and the
@@ -1887,10 +1670,7 @@ mod tests {
 
         let mut store = LogStore::open_with_options(dir.path(), options).unwrap();
         assert_eq!(observe(&mut store).await, expected);
-        assert_eq!(
-            store.stats().wal_bytes,
-            fs::metadata(wal(dir.path())).unwrap().len()
-        );
+        assert_eq!(store.stats().wal_bytes, fs::metadata(wal(dir.path())).unwrap().len());
     }
 
     #[tokio::test]
@@ -1899,11 +1679,7 @@ mod tests {
         // snapshot must stand for those writes (they are not written again), and a crash right
         // after the rewrite must recover exactly the snapshot.
         let dir = tempfile::tempdir().unwrap();
-        let options = LogStoreOptions {
-            fsync: FsyncPolicy::Always,
-            compact_min_bytes: 0,
-            compact_ratio: 1,
-        };
+        let options = LogStoreOptions { fsync: FsyncPolicy::Always, compact_min_bytes: 0, compact_ratio: 1 };
         let mut store = LogStore::open_with_options(dir.path(), options).unwrap();
         store.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
         append(&mut store, (1..=50).map(|i| put_entry(1, i, 100)).collect()).await;
@@ -1921,13 +1697,9 @@ mod tests {
         let rx2 = submit_append(&mut store, put_entry(1, 52, 100)).await;
         let mut voter = store.clone();
         let vote = tokio::spawn(async move { voter.save_vote(&Vote::new_committed(2, 2)).await });
-        wait_until("vote queued", || {
-            lock(&store.inner.state).pending_vote == Some(Vote::new_committed(2, 2))
-        })
-        .await;
+        wait_until("vote queued", || lock(&store.inner.state).pending_vote == Some(Vote::new_committed(2, 2))).await;
         let mut truncater = store.clone();
-        let truncate =
-            tokio::spawn(async move { truncater.truncate_after(Some(lid(1, 45))).await });
+        let truncate = tokio::spawn(async move { truncater.truncate_after(Some(lid(1, 45))).await });
         wait_until("truncate in memory", || store.stats().entries == 5).await;
         let mut receivers = Vec::new();
         for i in 46..=60 {
@@ -1944,11 +1716,7 @@ mod tests {
         wait_until("compaction", || store.stats().wal_bytes < before).await;
         // The writer now waits at gate2 with all the later requests still queued. Crash here:
         let compacted = fs::read(wal(dir.path())).unwrap();
-        assert!(
-            !decode_file(&wal(dir.path()))
-                .iter()
-                .any(|r| matches!(r, Record::TruncateAfter(_)))
-        );
+        assert!(!decode_file(&wal(dir.path())).iter().any(|r| matches!(r, Record::TruncateAfter(_))));
 
         drop(gate2);
         for rx in [rx1, rx2].into_iter().chain(receivers) {
@@ -1963,10 +1731,7 @@ mod tests {
 
         let expected = observe(&mut store).await;
         let ids: Vec<LogId> = expected.entries.iter().map(|e| e.log_id).collect();
-        let want: Vec<LogId> = (43..=45)
-            .map(|i| lid(1, i))
-            .chain((46..=60).map(|i| lid(2, i)))
-            .collect();
+        let want: Vec<LogId> = (43..=45).map(|i| lid(1, i)).chain((46..=60).map(|i| lid(2, i))).collect();
         assert_eq!(ids, want);
         assert_eq!(expected.vote, Some(Vote::new_committed(2, 2)));
         assert_eq!(expected.committed, Some(lid(1, 44)));
@@ -1994,16 +1759,9 @@ mod tests {
         append(&mut store, vec![entry(1, 1)]).await;
         store.save_vote(&Vote::new(1, 1)).await.unwrap();
 
-        store
-            .inner
-            .shared
-            .fail_next_batch
-            .store(true, Ordering::SeqCst);
+        store.inner.shared.fail_next_batch.store(true, Ordering::SeqCst);
         let (tx, rx) = TypeConfig::oneshot();
-        store
-            .append(vec![entry(1, 2)], IOFlushed::signal(tx))
-            .await
-            .unwrap();
+        store.append(vec![entry(1, 2)], IOFlushed::signal(tx)).await.unwrap();
         assert!(rx.await.unwrap().is_err());
 
         assert!(store.save_vote(&Vote::new(2, 1)).await.is_err());
@@ -2011,21 +1769,13 @@ mod tests {
         assert!(store.try_get_log_entries(..).await.is_err());
         assert!(store.purge(lid(1, 1)).await.is_err());
         let (tx, rx) = TypeConfig::oneshot();
-        assert!(
-            store
-                .append(vec![entry(1, 3)], IOFlushed::signal(tx))
-                .await
-                .is_err()
-        );
+        assert!(store.append(vec![entry(1, 3)], IOFlushed::signal(tx)).await.is_err());
         assert!(rx.await.unwrap().is_err());
         drop(store);
 
         // Nothing after the failure reached the file.
         let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
-        assert_eq!(
-            store.try_get_log_entries(..).await.unwrap(),
-            vec![entry(1, 1)]
-        );
+        assert_eq!(store.try_get_log_entries(..).await.unwrap(), vec![entry(1, 1)]);
         assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(1, 1)));
     }
 
@@ -2034,10 +1784,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
         let (tx, rx) = TypeConfig::oneshot();
-        store
-            .append(vec![entry(1, 1)], IOFlushed::signal(tx))
-            .await
-            .unwrap();
+        store.append(vec![entry(1, 1)], IOFlushed::signal(tx)).await.unwrap();
         let clone = store.clone();
         store.close();
         clone.close();
@@ -2045,20 +1792,12 @@ mod tests {
         rx.await.unwrap().unwrap();
         assert!(store.save_vote(&Vote::new(1, 1)).await.is_err());
         let (tx, rx) = TypeConfig::oneshot();
-        assert!(
-            store
-                .append(vec![entry(1, 2)], IOFlushed::signal(tx))
-                .await
-                .is_err()
-        );
+        assert!(store.append(vec![entry(1, 2)], IOFlushed::signal(tx)).await.is_err());
         assert!(rx.await.unwrap().is_err());
         drop(store);
         drop(clone);
         let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
-        assert_eq!(
-            store.try_get_log_entries(..).await.unwrap(),
-            vec![entry(1, 1)]
-        );
+        assert_eq!(store.try_get_log_entries(..).await.unwrap(), vec![entry(1, 1)]);
     }
 
     #[tokio::test]
@@ -2079,10 +1818,7 @@ mod tests {
         append(&mut store, vec![entry(1, 1)]).await;
         drop(store);
         let mut store = LogStore::open(&path, FsyncPolicy::Always).unwrap();
-        assert_eq!(
-            store.try_get_log_entries(..).await.unwrap(),
-            vec![entry(1, 1)]
-        );
+        assert_eq!(store.try_get_log_entries(..).await.unwrap(), vec![entry(1, 1)]);
     }
 
     #[tokio::test]
@@ -2093,10 +1829,7 @@ mod tests {
         drop(store);
         fs::write(dir.path().join(WAL_TMP_FILE), b"half a compaction").unwrap();
         let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
-        assert_eq!(
-            store.try_get_log_entries(..).await.unwrap(),
-            vec![entry(1, 1)]
-        );
+        assert_eq!(store.try_get_log_entries(..).await.unwrap(), vec![entry(1, 1)]);
         assert!(!dir.path().join(WAL_TMP_FILE).exists());
     }
 
@@ -2132,10 +1865,7 @@ mod tests {
 
             async fn build_snapshot(&mut self) -> Result<UnitSnapshot, io::Error> {
                 let mut sm = lock(&self.0);
-                let meta = SnapshotMeta {
-                    last_log_id: sm.last_applied,
-                    last_membership: sm.membership.clone(),
-                };
+                let meta = SnapshotMeta { last_log_id: sm.last_applied, last_membership: sm.membership.clone() };
                 sm.snapshot = Some(meta.clone());
                 Ok(UnitSnapshot { meta, snapshot: () })
             }
@@ -2145,18 +1875,14 @@ mod tests {
             type SnapshotData = ();
             type SnapshotBuilder = TestSm;
 
-            async fn applied_state(
-                &mut self,
-            ) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+            async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
                 let sm = lock(&self.0);
                 Ok((sm.last_applied, sm.membership.clone()))
             }
 
             async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
             where
-                Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
-                    + Unpin
-                    + OptionalSend,
+                Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
             {
                 while let Some(item) = entries.next().await {
                     let (entry, responder) = item?;
@@ -2178,11 +1904,7 @@ mod tests {
                 self.clone()
             }
 
-            async fn install_snapshot(
-                &mut self,
-                meta: &SnapshotMeta,
-                _snapshot: (),
-            ) -> Result<(), io::Error> {
+            async fn install_snapshot(&mut self, meta: &SnapshotMeta, _snapshot: ()) -> Result<(), io::Error> {
                 let mut sm = lock(&self.0);
                 sm.last_applied = meta.last_log_id;
                 sm.membership = meta.last_membership.clone();
@@ -2191,20 +1913,14 @@ mod tests {
             }
 
             async fn get_current_snapshot(&mut self) -> Result<Option<UnitSnapshot>, io::Error> {
-                Ok(lock(&self.0)
-                    .snapshot
-                    .clone()
-                    .map(|meta| UnitSnapshot { meta, snapshot: () }))
+                Ok(lock(&self.0).snapshot.clone().map(|meta| UnitSnapshot { meta, snapshot: () }))
             }
         }
 
         struct Builder(LogStoreOptions);
 
         impl StoreBuilder<TypeConfig, LogStore, TestSm, tempfile::TempDir> for Builder {
-            async fn build(
-                &self,
-            ) -> Result<(tempfile::TempDir, LogStore, TestSm), openraft::StorageError<TypeConfig>>
-            {
+            async fn build(&self) -> Result<(tempfile::TempDir, LogStore, TestSm), openraft::StorageError<TypeConfig>> {
                 let dir = tempfile::tempdir().unwrap();
                 let store = LogStore::open_with_options(dir.path(), self.0).unwrap();
                 Ok((dir, store, TestSm::default()))
@@ -2222,16 +1938,10 @@ mod tests {
 
         #[tokio::test]
         async fn suite_passes_while_compacting_all_the_time() {
-            let options = LogStoreOptions {
-                fsync: FsyncPolicy::Never,
-                compact_min_bytes: 0,
-                compact_ratio: 1,
-            };
-            Suite::<TypeConfig, LogStore, TestSm, Builder, tempfile::TempDir>::test_all(Builder(
-                options,
-            ))
-            .await
-            .unwrap();
+            let options = LogStoreOptions { fsync: FsyncPolicy::Never, compact_min_bytes: 0, compact_ratio: 1 };
+            Suite::<TypeConfig, LogStore, TestSm, Builder, tempfile::TempDir>::test_all(Builder(options))
+                .await
+                .unwrap();
         }
     }
 }

@@ -46,10 +46,7 @@ struct Body {
 
 /// Encode the state machine as snapshot data.
 pub fn encode(kv: &KvState) -> io::Result<Bytes> {
-    let body = codec::encode(&BodyRef {
-        cluster_id: kv.cluster_id(),
-        records: Records(kv),
-    })?;
+    let body = codec::encode(&BodyRef { cluster_id: kv.cluster_id(), records: Records(kv) })?;
     let mut out = Vec::with_capacity(body.len() + 12);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
@@ -95,15 +92,9 @@ pub fn read_file(dir: &Path) -> io::Result<Option<(SnapshotMeta, Bytes)>> {
         Err(e) => return Err(e),
     };
     let invalid = || io::Error::new(io::ErrorKind::InvalidData, "snapshot file truncated");
-    let len_bytes: [u8; 8] = raw
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(invalid)?;
+    let len_bytes: [u8; 8] = raw.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(invalid)?;
     let meta_len = u64::from_le_bytes(len_bytes) as usize;
-    let meta_end = 8usize
-        .checked_add(meta_len)
-        .filter(|&end| end <= raw.len())
-        .ok_or_else(invalid)?;
+    let meta_end = 8usize.checked_add(meta_len).filter(|&end| end <= raw.len()).ok_or_else(invalid)?;
     let meta: SnapshotMeta = codec::decode(&raw[8..meta_end])?;
     let data = Bytes::copy_from_slice(&raw[meta_end..]);
     decode(&data)?;

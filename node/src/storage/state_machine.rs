@@ -122,13 +122,8 @@ impl StateMachineStore {
     /// Persist snapshot data off the async runtime (it may be large).
     async fn persist(&self, meta: SnapshotMeta, data: SnapshotData) -> io::Result<()> {
         let dir = self.inner.dir.clone();
-        self.inner
-            .counters
-            .snapshot_bytes
-            .store(data.len() as u64, Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || snapshot::write_file(&dir, &meta, &data))
-            .await
-            .map_err(io::Error::other)?
+        self.inner.counters.snapshot_bytes.store(data.len() as u64, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || snapshot::write_file(&dir, &meta, &data)).await.map_err(io::Error::other)?
     }
 }
 
@@ -139,23 +134,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // Encoding under the read lock gives a consistent cut; applies wait meanwhile.
         let (meta, data) = {
             let sm = self.read_guard();
-            let meta = SnapshotMeta {
-                last_log_id: sm.last_applied,
-                last_membership: sm.last_membership.clone(),
-            };
+            let meta = SnapshotMeta { last_log_id: sm.last_applied, last_membership: sm.last_membership.clone() };
             (meta, snapshot::encode(&sm.kv)?)
         };
         self.persist(meta.clone(), data.clone()).await?;
         self.set_current(meta.clone(), data.clone());
-        self.inner
-            .counters
-            .snapshots_built
-            .fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
-        Ok(Snapshot {
-            meta,
-            snapshot: data,
-        })
+        Ok(Snapshot { meta, snapshot: data })
     }
 }
 
@@ -199,38 +185,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        data: SnapshotData,
-    ) -> Result<(), io::Error> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), io::Error> {
         let kv = snapshot::decode(&data)?;
         self.persist(meta.clone(), data.clone()).await?;
         {
             let mut sm = self.write_guard();
-            *sm = SmData {
-                last_applied: meta.last_log_id,
-                last_membership: meta.last_membership.clone(),
-                kv,
-            };
+            *sm = SmData { last_applied: meta.last_log_id, last_membership: meta.last_membership.clone(), kv };
         }
-        self.inner
-            .applied
-            .send_replace(meta.last_log_id.map_or(0, |l| l.index));
+        self.inner.applied.send_replace(meta.last_log_id.map_or(0, |l| l.index));
         self.set_current(meta.clone(), data);
-        self.inner
-            .counters
-            .snapshots_installed
-            .fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let cur = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(cur.as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: data.clone(),
-        }))
+        Ok(cur.as_ref().map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: data.clone() }))
     }
 }

@@ -28,10 +28,7 @@ async fn crud_cas_create_only_through_any_node() {
 
         // Read it back from every node, linearizable and stale.
         for reader in c.alive() {
-            assert_eq!(
-                c.value(reader, &key, "linearizable").await.as_deref(),
-                Some("grace")
-            );
+            assert_eq!(c.value(reader, &key, "linearizable").await.as_deref(), Some("grace"));
         }
         let r = c.get(id, &key, "linearizable").await;
         assert_eq!(r.headers()["etag"], format!("\"{rev}\"").as_str());
@@ -39,71 +36,26 @@ async fn crud_cas_create_only_through_any_node() {
 
         // Compare-and-set: a stale revision fails with 412 and changes nothing.
         let url = c.url(id, &format!("/v1/kv/{key}"));
-        let stale = c
-            .http
-            .put(&url)
-            .header("if-match", "\"1\"")
-            .body("nope")
-            .send()
-            .await
-            .unwrap();
+        let stale = c.http.put(&url).header("if-match", "\"1\"").body("nope").send().await.unwrap();
         expect_error(stale, 412, "condition_failed").await;
-        assert_eq!(
-            c.value(id, &key, "linearizable").await.as_deref(),
-            Some("grace")
-        );
-        let ok = c
-            .http
-            .put(&url)
-            .header("if-match", format!("\"{rev}\""))
-            .body("hopper")
-            .send()
-            .await
-            .unwrap();
+        assert_eq!(c.value(id, &key, "linearizable").await.as_deref(), Some("grace"));
+        let ok = c.http.put(&url).header("if-match", format!("\"{rev}\"")).body("hopper").send().await.unwrap();
         assert_eq!(ok.status(), 200);
-        assert_eq!(
-            c.value(id, &key, "linearizable").await.as_deref(),
-            Some("hopper")
-        );
+        assert_eq!(c.value(id, &key, "linearizable").await.as_deref(), Some("hopper"));
 
         // Create-only.
-        let again = c
-            .http
-            .put(&url)
-            .header("if-none-match", "*")
-            .body("x")
-            .send()
-            .await
-            .unwrap();
+        let again = c.http.put(&url).header("if-none-match", "*").body("x").send().await.unwrap();
         expect_error(again, 412, "condition_failed").await;
         let fresh_url = c.url(id, &format!("/v1/kv/{key}-new"));
-        let fresh = c
-            .http
-            .put(&fresh_url)
-            .header("if-none-match", "*")
-            .body("x")
-            .send()
-            .await
-            .unwrap();
+        let fresh = c.http.put(&fresh_url).header("if-none-match", "*").body("x").send().await.unwrap();
         assert_eq!(fresh.status(), 201);
 
         // Delete: conditional, then plain; 404 afterwards.
-        let r = c
-            .http
-            .delete(&url)
-            .header("if-match", "\"1\"")
-            .send()
-            .await
-            .unwrap();
+        let r = c.http.delete(&url).header("if-match", "\"1\"").send().await.unwrap();
         expect_error(r, 412, "condition_failed").await;
         let r = c.http.delete(&url).send().await.unwrap();
         assert_eq!(r.status(), 204);
-        expect_error(
-            c.http.delete(&url).send().await.unwrap(),
-            404,
-            "key_not_found",
-        )
-        .await;
+        expect_error(c.http.delete(&url).send().await.unwrap(), 404, "key_not_found").await;
         expect_error(c.get(id, &key, "linearizable").await, 404, "key_not_found").await;
     }
 }
@@ -127,14 +79,10 @@ async fn values_keep_bytes_and_content_type_and_scan_paginates() {
     assert_eq!(r.bytes().await.unwrap().to_vec(), bin);
     // Keys with slashes and non-ASCII UTF-8.
     c.put_ok(id, "p%C3%A4th/%E2%9C%93", "unicode").await;
-    assert_eq!(
-        c.value(id, "päth/✓", "linearizable").await.as_deref(),
-        Some("unicode")
-    );
+    assert_eq!(c.value(id, "päth/✓", "linearizable").await.as_deref(), Some("unicode"));
 
     for i in 0..7 {
-        c.put_ok(id, &format!("scan/{i:02}"), &format!("v{i}"))
-            .await;
+        c.put_ok(id, &format!("scan/{i:02}"), &format!("v{i}")).await;
     }
     let mut after: Option<String> = None;
     let mut seen = Vec::new();
@@ -156,15 +104,7 @@ async fn values_keep_bytes_and_content_type_and_scan_paginates() {
     let expected: Vec<String> = (0..7).map(|i| format!("scan/{i:02}")).collect();
     assert_eq!(seen, expected);
 
-    let page: Value = c
-        .http
-        .get(c.url(id, "/v1/kv?prefix=blob/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = c.http.get(c.url(id, "/v1/kv?prefix=blob/")).send().await.unwrap().json().await.unwrap();
     assert_eq!(page["items"][0]["encoding"], "base64");
     assert_eq!(page["items"][0]["value"], "AJ+SlP8=");
     assert_eq!(page["next_after"], Value::Null);
@@ -174,13 +114,7 @@ async fn values_keep_bytes_and_content_type_and_scan_paginates() {
 async fn ttl_expires_on_every_replica() {
     let c = Cluster::start(3, &[]).await;
     let id = c.follower().await;
-    let r = c
-        .http
-        .put(c.url(id, "/v1/kv/session?ttl=1"))
-        .body("s")
-        .send()
-        .await
-        .unwrap();
+    let r = c.http.put(c.url(id, "/v1/kv/session?ttl=1")).body("s").send().await.unwrap();
     assert_eq!(r.status(), 201);
     let r = c.get(id, "session", "linearizable").await;
     assert_eq!(r.status(), 200);
@@ -189,29 +123,15 @@ async fn ttl_expires_on_every_replica() {
     // The leader replicates the expiry: every replica's own state loses the key.
     for reader in c.alive() {
         eventually("key expired", Duration::from_secs(10), || async {
-            let list: Value = c
-                .http
-                .get(c.url(reader, "/v1/kv?consistency=stale"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            let keys: Vec<&str> = list["items"]
-                .as_array()?
-                .iter()
-                .filter_map(|i| i["key"].as_str())
-                .collect();
+            let list: Value =
+                c.http.get(c.url(reader, "/v1/kv?consistency=stale")).send().await.ok()?.json().await.ok()?;
+            let keys: Vec<&str> = list["items"].as_array()?.iter().filter_map(|i| i["key"].as_str()).collect();
             (!keys.contains(&"session") && keys.contains(&"forever")).then_some(())
         })
         .await;
     }
     let leader = c.leader().await;
-    let expired = c
-        .metric(leader, "ferrokv_expired_keys_total", None)
-        .await
-        .unwrap_or(0.0);
+    let expired = c.metric(leader, "ferrokv_expired_keys_total", None).await.unwrap_or(0.0);
     assert!(expired >= 1.0, "the leader counted {expired} expired keys");
 }
 
@@ -220,38 +140,15 @@ async fn follower_forwards_writes_and_linearizable_reads() {
     let c = Cluster::start(3, &[]).await;
     let f = c.follower().await;
     c.put_ok(f, "fwd", "1").await;
-    assert_eq!(
-        c.value(f, "fwd", "linearizable").await.as_deref(),
-        Some("1")
-    );
-    let writes = c
-        .metric(
-            f,
-            "ferrokv_forwarded_requests_total",
-            Some(("kind", "write")),
-        )
-        .await
-        .unwrap_or(0.0);
-    let reads = c
-        .metric(
-            f,
-            "ferrokv_forwarded_requests_total",
-            Some(("kind", "read")),
-        )
-        .await
-        .unwrap_or(0.0);
-    assert!(
-        writes >= 1.0 && reads >= 1.0,
-        "forwarded writes {writes}, reads {reads}"
-    );
+    assert_eq!(c.value(f, "fwd", "linearizable").await.as_deref(), Some("1"));
+    let writes = c.metric(f, "ferrokv_forwarded_requests_total", Some(("kind", "write"))).await.unwrap_or(0.0);
+    let reads = c.metric(f, "ferrokv_forwarded_requests_total", Some(("kind", "read"))).await.unwrap_or(0.0);
+    assert!(writes >= 1.0 && reads >= 1.0, "forwarded writes {writes}, reads {reads}");
     // A write through one follower is immediately visible to a linearizable read elsewhere.
     for i in 0..20 {
         let writer = c.alive()[i % 3];
         let reader = c.alive()[(i + 1) % 3];
         c.put_ok(writer, "counter", &i.to_string()).await;
-        assert_eq!(
-            c.value(reader, "counter", "linearizable").await,
-            Some(i.to_string())
-        );
+        assert_eq!(c.value(reader, "counter", "linearizable").await, Some(i.to_string()));
     }
 }

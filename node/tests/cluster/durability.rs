@@ -16,38 +16,21 @@ async fn restarted_node_catches_up_by_snapshot() {
     for i in 0..200 {
         c.put_ok(leader, &format!("bulk/{i}"), &i.to_string()).await;
     }
-    let built = c
-        .metric(leader, "ferrokv_snapshots", Some(("kind", "built")))
-        .await
-        .unwrap_or(0.0);
+    let built = c.metric(leader, "ferrokv_snapshots", Some(("kind", "built"))).await.unwrap_or(0.0);
     assert!(built >= 1.0, "the leader built no snapshot");
     c.spawn(lagging, true);
     c.wait_ready(lagging).await;
     let target = c.applied(leader).await.unwrap();
-    eventually(
-        "lagging node caught up",
-        Duration::from_secs(20),
-        || async { (c.applied(lagging).await? >= target).then_some(()) },
-    )
+    eventually("lagging node caught up", Duration::from_secs(20), || async {
+        (c.applied(lagging).await? >= target).then_some(())
+    })
     .await;
-    let installed = c
-        .metric(lagging, "ferrokv_snapshots", Some(("kind", "installed")))
-        .await
-        .unwrap_or(0.0);
-    assert!(
-        installed >= 1.0,
-        "the restarted node caught up without a snapshot"
-    );
+    let installed = c.metric(lagging, "ferrokv_snapshots", Some(("kind", "installed"))).await.unwrap_or(0.0);
+    assert!(installed >= 1.0, "the restarted node caught up without a snapshot");
     for i in (0..200).step_by(17) {
-        assert_eq!(
-            c.value(lagging, &format!("bulk/{i}"), "stale").await,
-            Some(i.to_string())
-        );
+        assert_eq!(c.value(lagging, &format!("bulk/{i}"), "stale").await, Some(i.to_string()));
     }
-    assert_eq!(
-        c.value(lagging, "early", "stale").await.as_deref(),
-        Some("e")
-    );
+    assert_eq!(c.value(lagging, "early", "stale").await.as_deref(), Some("e"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,12 +46,7 @@ async fn full_cluster_restart_keeps_all_data() {
     // Overwrites and deletes must survive too.
     c.put_ok(1, "durable/0", "changed").await;
     expected[0].1 = "changed".into();
-    let r = c
-        .http
-        .delete(c.url(2, "/v1/kv/durable/1"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.http.delete(c.url(2, "/v1/kv/durable/1")).send().await.unwrap();
     assert_eq!(r.status(), 204);
     expected.remove(1);
     for id in c.alive() {
@@ -84,11 +62,7 @@ async fn full_cluster_restart_keeps_all_data() {
     }
     c.wait_ready_all().await;
     for (key, value) in &expected {
-        assert_eq!(
-            c.value(2, key, "linearizable").await.as_deref(),
-            Some(value.as_str()),
-            "{key}"
-        );
+        assert_eq!(c.value(2, key, "linearizable").await.as_deref(), Some(value.as_str()), "{key}");
     }
     assert_eq!(c.value(3, "durable/1", "linearizable").await, None);
 }

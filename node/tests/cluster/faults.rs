@@ -19,8 +19,7 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..4u64 {
-        let (acked, stop, nodes, http) =
-            (acked.clone(), stop.clone(), nodes.clone(), c.http.clone());
+        let (acked, stop, nodes, http) = (acked.clone(), stop.clone(), nodes.clone(), c.http.clone());
         writers.push(tokio::spawn(async move {
             let mut i = 0u64;
             // Bounded: at most 2000 writes per writer, and the stop flag.
@@ -28,13 +27,7 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
                 let (_, addr) = &nodes[(i as usize + w as usize) % nodes.len()];
                 let key = format!("w{w}/k{}", i % 25);
                 let url = format!("http://{addr}/v1/kv/{key}");
-                if let Ok(r) = http
-                    .put(url)
-                    .body(i.to_string())
-                    .timeout(Duration::from_secs(6))
-                    .send()
-                    .await
-                {
+                if let Ok(r) = http.put(url).body(i.to_string()).timeout(Duration::from_secs(6)).send().await {
                     if r.status().is_success() {
                         acked.lock().unwrap().insert(key, i);
                     }
@@ -53,29 +46,21 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
         w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() >= 50,
-        "too few acknowledged writes: {}",
-        acked.len()
-    );
-    let check = |c: &Cluster, node: u64, acked: BTreeMap<String, u64>| {
-        let c = c;
-        async move {
-            for (key, i) in acked {
-                let got = c.value(node, &key, "linearizable").await;
-                let got: u64 = got
-                    .unwrap_or_else(|| panic!("acknowledged key {key} lost"))
-                    .parse()
-                    .unwrap();
-                assert!(got >= i, "key {key}: acknowledged {i}, read {got}");
-            }
-        }
-    };
-    check(&c, new_leader, acked.clone()).await;
+    assert!(acked.len() >= 50, "too few acknowledged writes: {}", acked.len());
+    check_acked(&c, new_leader, &acked).await;
     // The killed node comes back and serves the same data.
     c.spawn(old_leader, true);
     c.wait_ready(old_leader).await;
-    check(&c, old_leader, acked).await;
+    check_acked(&c, old_leader, &acked).await;
+}
+
+/// Every acknowledged key holds its acknowledged value or a later one.
+async fn check_acked(c: &Cluster, node: u64, acked: &BTreeMap<String, u64>) {
+    for (key, i) in acked {
+        let got = c.value(node, key, "linearizable").await;
+        let got: u64 = got.unwrap_or_else(|| panic!("acknowledged key {key} lost")).parse().unwrap();
+        assert!(got >= *i, "key {key}: acknowledged {i}, read {got}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,20 +76,9 @@ async fn without_quorum_writes_fail_fast_and_stale_reads_still_work() {
     }
     let started = std::time::Instant::now();
     expect_error(c.put(survivor, "lost", "no").await, 503, "no_quorum").await;
-    assert!(
-        started.elapsed() < Duration::from_secs(12),
-        "a write without quorum must not hang"
-    );
-    expect_error(
-        c.get(survivor, "kept", "linearizable").await,
-        503,
-        "no_quorum",
-    )
-    .await;
-    assert_eq!(
-        c.value(survivor, "kept", "stale").await.as_deref(),
-        Some("yes")
-    );
+    assert!(started.elapsed() < Duration::from_secs(12), "a write without quorum must not hang");
+    expect_error(c.get(survivor, "kept", "linearizable").await, 503, "no_quorum").await;
+    assert_eq!(c.value(survivor, "kept", "stale").await.as_deref(), Some("yes"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,21 +86,10 @@ async fn sigterm_on_the_leader_hands_leadership_over() {
     let mut c = Cluster::start(3, &[]).await;
     let l = c.leader().await;
     c.put_ok(l, "before", "1").await;
-    assert!(
-        c.stop(l),
-        "the leader did not exit cleanly after SIGTERM:\n{}",
-        c.node_log(l)
-    );
-    assert!(
-        c.node_log(l).contains("handed leadership over"),
-        "no hand-off in log:\n{}",
-        c.node_log(l)
-    );
+    assert!(c.stop(l), "the leader did not exit cleanly after SIGTERM:\n{}", c.node_log(l));
+    assert!(c.node_log(l).contains("handed leadership over"), "no hand-off in log:\n{}", c.node_log(l));
     let new = c.leader().await;
     assert_ne!(new, l);
     c.put_ok(new, "after", "2").await;
-    assert_eq!(
-        c.value(new, "before", "linearizable").await.as_deref(),
-        Some("1")
-    );
+    assert_eq!(c.value(new, "before", "linearizable").await.as_deref(), Some("1"));
 }

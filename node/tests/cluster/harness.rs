@@ -20,10 +20,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ferrokv");
 
 /// A free loopback port (bound then released; the kernel does not hand it out again at once).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 pub struct Node {
@@ -73,21 +70,9 @@ impl Cluster {
         for id in 1..=n {
             nodes.insert(id, Self::new_node(&root, id, extra));
         }
-        let initial = nodes
-            .values()
-            .map(|n| format!("{}={}", n.id, n.grpc))
-            .collect::<Vec<_>>()
-            .join(",");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()
-            .expect("client");
-        let mut c = Cluster {
-            root,
-            nodes,
-            initial,
-            http,
-        };
+        let initial = nodes.values().map(|n| format!("{}={}", n.id, n.grpc)).collect::<Vec<_>>().join(",");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("client");
+        let mut c = Cluster { root, nodes, initial, http };
         for id in 1..=n {
             c.spawn(id, true);
         }
@@ -111,31 +96,13 @@ impl Cluster {
     pub fn spawn(&mut self, id: u64, initial: bool) {
         let initial_members = self.initial.clone();
         let node = self.nodes.get_mut(&id).expect("node");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("log file");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("log file");
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
-            .args([
-                "--node-id",
-                &id.to_string(),
-                "--http-addr",
-                &node.http,
-                "--grpc-addr",
-                &node.grpc,
-            ])
+            .args(["--node-id", &id.to_string(), "--http-addr", &node.http, "--grpc-addr", &node.grpc])
             .arg("--data-dir")
             .arg(&node.dir)
-            .args([
-                "--heartbeat-ms",
-                "50",
-                "--election-timeout-ms",
-                "300",
-                "--request-timeout-ms",
-                "4000",
-            ])
+            .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300", "--request-timeout-ms", "4000"])
             .args(&node.extra)
             .env("RUST_LOG", "info,openraft=info")
             .stdin(Stdio::null())
@@ -168,9 +135,7 @@ impl Cluster {
         let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) else {
             return true;
         };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -187,9 +152,7 @@ impl Cluster {
 
     pub fn signal(&self, id: u64, sig: &str) {
         if let Some(child) = self.nodes[&id].child.as_ref() {
-            let _ = Command::new("kill")
-                .args([sig, &child.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args([sig, &child.id().to_string()]).status();
         }
     }
 
@@ -199,11 +162,7 @@ impl Cluster {
     }
 
     pub fn alive(&self) -> Vec<u64> {
-        self.nodes
-            .values()
-            .filter(|n| n.child.is_some())
-            .map(|n| n.id)
-            .collect()
+        self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.id).collect()
     }
 
     pub fn url(&self, id: u64, path: &str) -> String {
@@ -235,12 +194,7 @@ impl Cluster {
     }
 
     pub async fn cluster_view(&self, id: u64) -> Option<Value> {
-        let r = self
-            .http
-            .get(self.url(id, "/v1/cluster"))
-            .send()
-            .await
-            .ok()?;
+        let r = self.http.get(self.url(id, "/v1/cluster")).send().await.ok()?;
         if r.status() != 200 {
             return None;
         }
@@ -271,30 +225,17 @@ impl Cluster {
     /// A live node other than the leader.
     pub async fn follower(&self) -> u64 {
         let leader = self.leader().await;
-        self.alive()
-            .into_iter()
-            .find(|&id| id != leader)
-            .expect("a follower")
+        self.alive().into_iter().find(|&id| id != leader).expect("a follower")
     }
 
     /// The node's applied index.
     pub async fn applied(&self, id: u64) -> Option<u64> {
-        self.cluster_view(id)
-            .await
-            .and_then(|v| v["applied_index"].as_u64())
+        self.cluster_view(id).await.and_then(|v| v["applied_index"].as_u64())
     }
 
     /// A metric sample value from node `id` (first series matching name and label filter).
     pub async fn metric(&self, id: u64, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
-        let text = self
-            .http
-            .get(self.url(id, "/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = self.http.get(self.url(id, "/metrics")).send().await.ok()?.text().await.ok()?;
         let lines = text.lines().map(|l| Ok(l.to_string()));
         let scrape = prometheus_parse::Scrape::parse(lines).ok()?;
         scrape
@@ -313,12 +254,7 @@ impl Cluster {
     // --- key/value helpers -------------------------------------------------------------------
 
     pub async fn put(&self, id: u64, key: &str, value: &str) -> reqwest::Response {
-        self.http
-            .put(self.url(id, &format!("/v1/kv/{key}")))
-            .body(value.to_string())
-            .send()
-            .await
-            .expect("put")
+        self.http.put(self.url(id, &format!("/v1/kv/{key}"))).body(value.to_string()).send().await.expect("put")
     }
 
     /// Put and expect success; returns the revision.
@@ -326,19 +262,12 @@ impl Cluster {
         let r = self.put(id, key, value).await;
         let status = r.status();
         let body: Value = r.json().await.expect("json");
-        assert!(
-            status.is_success(),
-            "put {key} on node {id}: {status} {body}"
-        );
+        assert!(status.is_success(), "put {key} on node {id}: {status} {body}");
         body["revision"].as_u64().expect("revision")
     }
 
     pub async fn get(&self, id: u64, key: &str, consistency: &str) -> reqwest::Response {
-        self.http
-            .get(self.url(id, &format!("/v1/kv/{key}?consistency={consistency}")))
-            .send()
-            .await
-            .expect("get")
+        self.http.get(self.url(id, &format!("/v1/kv/{key}?consistency={consistency}"))).send().await.expect("get")
     }
 
     /// The value of `key` read from node `id`, None when absent.
@@ -347,10 +276,7 @@ impl Cluster {
         match r.status().as_u16() {
             200 => Some(r.text().await.expect("body")),
             404 => None,
-            s => panic!(
-                "get {key} on node {id}: unexpected {s}: {}",
-                r.text().await.unwrap_or_default()
-            ),
+            s => panic!("get {key} on node {id}: unexpected {s}: {}", r.text().await.unwrap_or_default()),
         }
     }
 }
@@ -382,10 +308,5 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) {
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     assert_eq!(got, status, "expected {status} {code}, got {got} {body}");
     assert_eq!(body["error"]["code"], code, "unexpected body {body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "error without message: {body}"
-    );
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "error without message: {body}");
 }

@@ -8,10 +8,7 @@ use crate::harness::Cluster;
 use crate::harness::eventually;
 
 fn member<'a>(view: &'a Value, node_id: u64) -> Option<&'a Value> {
-    view["members"]
-        .as_array()?
-        .iter()
-        .find(|m| m["id"] == node_id)
+    view["members"].as_array()?.iter().find(|m| m["id"] == node_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,31 +28,18 @@ async fn fourth_node_joins_as_voter_and_is_removed() {
     .await;
     assert_eq!(view["members"].as_array().unwrap().len(), 4);
     assert!(member(&view, 4).unwrap()["raft_id"].as_u64().unwrap() >= 1 << 32);
-    assert_eq!(
-        member(&view, 4).unwrap()["http_addr"],
-        c.nodes[&4].http.as_str()
-    );
+    assert_eq!(member(&view, 4).unwrap()["http_addr"], c.nodes[&4].http.as_str());
     c.put_ok(4, "from-four", "4").await;
     assert_eq!(c.value(4, "pre/79", "stale").await.as_deref(), Some("x"));
 
-    let r = c
-        .http
-        .delete(c.url(1, "/v1/cluster/members/4"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.http.delete(c.url(1, "/v1/cluster/members/4")).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     eventually("node 4 removed", Duration::from_secs(15), || async {
         let v = c.cluster_view(c.leader().await).await?;
         (member(&v, 4).is_none() && v["members"].as_array()?.len() == 3).then_some(())
     })
     .await;
-    let r = c
-        .http
-        .delete(c.url(1, "/v1/cluster/members/4"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.http.delete(c.url(1, "/v1/cluster/members/4")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     c.put_ok(1, "after-removal", "ok").await;
 }
@@ -75,27 +59,14 @@ async fn wiped_node_rejoins_under_a_new_raft_id() {
     let view = eventually("wiped node replaced", Duration::from_secs(30), || async {
         let v = c.cluster_view(c.leader().await).await?;
         let m = member(&v, victim)?;
-        (m["raft_id"].as_u64()? >= 1 << 32
-            && m["role"] == "voter"
-            && v["members"].as_array()?.len() == 3)
-            .then_some(v)
+        (m["raft_id"].as_u64()? >= 1 << 32 && m["role"] == "voter" && v["members"].as_array()?.len() == 3).then_some(v)
     })
     .await;
     assert!(
-        view["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|m| m["raft_id"] != victim),
+        view["members"].as_array().unwrap().iter().all(|m| m["raft_id"] != victim),
         "the old Raft id is still a member: {view}"
     );
-    assert_eq!(
-        c.value(victim, "keep/29", "stale").await.as_deref(),
-        Some("29")
-    );
+    assert_eq!(c.value(victim, "keep/29", "stale").await.as_deref(), Some("29"));
     c.put_ok(victim, "after-wipe", "1").await;
-    assert_eq!(
-        c.value(l, "after-wipe", "linearizable").await.as_deref(),
-        Some("1")
-    );
+    assert_eq!(c.value(l, "after-wipe", "linearizable").await.as_deref(), Some("1"));
 }

@@ -14,17 +14,11 @@ async fn metrics_parse_and_cover_the_node() {
     for id in c.alive() {
         let r = c.http.get(c.url(id, "/metrics")).send().await.unwrap();
         assert_eq!(r.status(), 200);
-        assert!(
-            r.headers()["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("text/plain")
-        );
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
         let text = r.text().await.unwrap();
-        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-            .expect("valid exposition");
-        let names: std::collections::BTreeSet<&str> =
-            scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid exposition");
+        let names: std::collections::BTreeSet<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
         for expected in [
             "ferrokv_http_requests_total",
             "ferrokv_http_request_duration_seconds_bucket",
@@ -37,10 +31,7 @@ async fn metrics_parse_and_cover_the_node() {
             "ferrokv_wal",
             "ferrokv_node_info",
         ] {
-            assert!(
-                names.contains(expected),
-                "node {id} lacks {expected}; has {names:?}"
-            );
+            assert!(names.contains(expected), "node {id} lacks {expected}; has {names:?}");
         }
         assert!(
             scrape
@@ -55,39 +46,16 @@ async fn metrics_parse_and_cover_the_node() {
     }
     let leader_flag = c.metric(l, "ferrokv_raft_is_leader", None).await.unwrap();
     assert_eq!(leader_flag, 1.0);
-    assert!(
-        c.metric(l, "ferrokv_raft_replication_lag_entries", None)
-            .await
-            .is_some()
-    );
-    assert!(
-        c.metric(l, "ferrokv_raft_proposals_total", Some(("kind", "put")))
-            .await
-            .unwrap()
-            >= 5.0
-    );
+    assert!(c.metric(l, "ferrokv_raft_replication_lag_entries", None).await.is_some());
+    assert!(c.metric(l, "ferrokv_raft_proposals_total", Some(("kind", "put"))).await.unwrap() >= 5.0);
 
-    let h: Value = c
-        .http
-        .get(c.url(1, "/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h: Value = c.http.get(c.url(1, "/healthz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(h["status"], "ok");
     let view = c.cluster_view(1).await.unwrap();
-    assert!(
-        view["cluster_id"].as_str().is_some_and(|s| s.len() == 32),
-        "{view}"
-    );
+    assert!(view["cluster_id"].as_str().is_some_and(|s| s.len() == 32), "{view}");
     assert_eq!(view["members"].as_array().unwrap().len(), 3);
     assert!(view["term"].as_u64().unwrap() >= 1);
     for m in view["members"].as_array().unwrap() {
-        assert!(
-            !m["http_addr"].as_str().unwrap().is_empty(),
-            "member without HTTP address: {view}"
-        );
+        assert!(!m["http_addr"].as_str().unwrap().is_empty(), "member without HTTP address: {view}");
     }
 }
