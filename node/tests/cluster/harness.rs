@@ -102,12 +102,19 @@ impl Cluster {
             .args(["--node-id", &id.to_string(), "--http-addr", &node.http, "--grpc-addr", &node.grpc])
             .arg("--data-dir")
             .arg(&node.dir)
-            .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300", "--request-timeout-ms", "4000"])
             .args(&node.extra)
             .env("RUST_LOG", "info,openraft=info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
+        // Fast timeouts keep the tests short; a test's own flags win.
+        for (flag, value) in
+            [("--heartbeat-ms", "50"), ("--election-timeout-ms", "300"), ("--request-timeout-ms", "4000")]
+        {
+            if !node.extra.iter().any(|a| a == flag) {
+                cmd.args([flag, value]);
+            }
+        }
         if initial {
             cmd.args(["--initial-members", &initial_members]);
         }

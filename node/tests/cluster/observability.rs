@@ -2,7 +2,10 @@
 
 use serde_json::Value;
 
+use std::time::Duration;
+
 use crate::harness::Cluster;
+use crate::harness::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_cover_the_node() {
@@ -21,7 +24,7 @@ async fn metrics_parse_and_cover_the_node() {
         let names: std::collections::BTreeSet<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
         for expected in [
             "ferrokv_http_requests_total",
-            "ferrokv_http_request_duration_seconds_bucket",
+            "ferrokv_http_request_duration_seconds",
             "ferrokv_raft_term",
             "ferrokv_raft_is_leader",
             "ferrokv_raft_index",
@@ -41,8 +44,11 @@ async fn metrics_parse_and_cover_the_node() {
                 .all(|s| s.labels.get("group") == Some("0")),
             "raft metrics without group label"
         );
-        let keys = c.metric(id, "ferrokv_keys", None).await.unwrap();
-        assert_eq!(keys, 5.0, "node {id}");
+        // Followers apply asynchronously: wait for this one to catch up.
+        eventually("keys gauge", Duration::from_secs(10), || async {
+            (c.metric(id, "ferrokv_keys", None).await? == 5.0).then_some(())
+        })
+        .await;
     }
     let leader_flag = c.metric(l, "ferrokv_raft_is_leader", None).await.unwrap();
     assert_eq!(leader_flag, 1.0);
