@@ -57,11 +57,14 @@ async fn metrics_parse_and_cover_the_node() {
 
     let h: Value = c.http.get(c.url(1, "/healthz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(h["status"], "ok");
-    let view = c.cluster_view(1).await.unwrap();
-    assert!(view["cluster_id"].as_str().is_some_and(|s| s.len() == 32), "{view}");
+    // The leader names the cluster and records every member's HTTP address shortly after forming.
+    let view = eventually("cluster id and HTTP addresses", Duration::from_secs(10), || async {
+        let v = c.cluster_view(1).await?;
+        let named = v["cluster_id"].as_str().is_some_and(|s| s.len() == 32);
+        let addressed = v["members"].as_array()?.iter().all(|m| m["http_addr"].as_str().is_some_and(|a| !a.is_empty()));
+        (named && addressed).then_some(v)
+    })
+    .await;
     assert_eq!(view["members"].as_array().unwrap().len(), 3);
     assert!(view["term"].as_u64().unwrap() >= 1);
-    for m in view["members"].as_array().unwrap() {
-        assert!(!m["http_addr"].as_str().unwrap().is_empty(), "member without HTTP address: {view}");
-    }
 }
