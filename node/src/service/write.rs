@@ -72,10 +72,12 @@ impl Service {
         let core = self.core()?;
         loop {
             match self.route(core) {
-                Route::Local => match self.propose(core, cmd.clone(), deadline).await? {
-                    Some(outcome) => return Ok(outcome),
-                    None => {} // leadership moved before the proposal: route again
-                },
+                Route::Local => {
+                    // `None`: leadership moved before the proposal, so route again.
+                    if let Some(outcome) = self.propose(core, cmd.clone(), deadline).await? {
+                        return Ok(outcome);
+                    }
+                }
                 Route::Remote(addr) if may_forward => {
                     match self.forward_write(&addr, &cmd, deadline).await {
                         Ok(outcome) => return Ok(outcome),

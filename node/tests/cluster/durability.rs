@@ -12,10 +12,23 @@ async fn restarted_node_catches_up_by_snapshot() {
     let leader = c.leader().await;
     let lagging = c.follower().await;
     c.put_ok(leader, "early", "e").await;
+    let stopped_at = c.applied(leader).await.unwrap();
     assert!(c.stop(lagging));
-    for i in 0..200 {
-        c.put_ok(leader, &format!("bulk/{i}"), &i.to_string()).await;
+    // Write until the leader has compacted its log past what the stopped node has, so the
+    // only way to catch up is a snapshot (bounded: at most 20 rounds).
+    let mut i = 0;
+    for _round in 0..20 {
+        for _ in 0..50 {
+            c.put_ok(leader, &format!("bulk/{i}"), &i.to_string()).await;
+            i += 1;
+        }
+        let purged = c.metric(leader, "ferrokv_raft_index", Some(("kind", "purged"))).await.unwrap_or(0.0);
+        if purged as u64 > stopped_at + 1 {
+            break;
+        }
     }
+    let purged = c.metric(leader, "ferrokv_raft_index", Some(("kind", "purged"))).await.unwrap_or(0.0);
+    assert!(purged as u64 > stopped_at + 1, "the leader never compacted its log (purged {purged})");
     let built = c.metric(leader, "ferrokv_snapshots", Some(("kind", "built"))).await.unwrap_or(0.0);
     assert!(built >= 1.0, "the leader built no snapshot");
     c.spawn(lagging, true);
@@ -27,7 +40,7 @@ async fn restarted_node_catches_up_by_snapshot() {
     .await;
     let installed = c.metric(lagging, "ferrokv_snapshots", Some(("kind", "installed"))).await.unwrap_or(0.0);
     assert!(installed >= 1.0, "the restarted node caught up without a snapshot");
-    for i in (0..200).step_by(17) {
+    for i in (0..i).step_by(17) {
         assert_eq!(c.value(lagging, &format!("bulk/{i}"), "stale").await, Some(i.to_string()));
     }
     assert_eq!(c.value(lagging, "early", "stale").await.as_deref(), Some("e"));

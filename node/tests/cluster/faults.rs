@@ -27,10 +27,9 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
                 let (_, addr) = &nodes[(i as usize + w as usize) % nodes.len()];
                 let key = format!("w{w}/k{}", i % 25);
                 let url = format!("http://{addr}/v1/kv/{key}");
-                if let Ok(r) = http.put(url).body(i.to_string()).timeout(Duration::from_secs(6)).send().await {
-                    if r.status().is_success() {
-                        acked.lock().unwrap().insert(key, i);
-                    }
+                let sent = http.put(url).body(i.to_string()).timeout(Duration::from_secs(6)).send().await;
+                if sent.is_ok_and(|r| r.status().is_success()) {
+                    acked.lock().unwrap().insert(key, i);
                 }
                 i += 1;
             }

@@ -18,9 +18,22 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ferrokv");
 
-/// A free loopback port (bound then released; the kernel does not hand it out again at once).
+/// A free loopback port below the kernel's ephemeral range (so outgoing connections cannot
+/// take it between this check and the node binding it), spread by process id so parallel
+/// test processes do not pick the same ones.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::Ordering;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(7919);
+    for _ in 0..2000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (base.wrapping_add(n.wrapping_mul(13)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
 }
 
 pub struct Node {
@@ -215,12 +228,9 @@ impl Cluster {
             let alive = alive.clone();
             async move {
                 for id in alive {
-                    if let Some(v) = self.cluster_view(id).await {
-                        if let Some(l) = v["leader_id"].as_u64() {
-                            if self.alive().contains(&l) {
-                                return Some(l);
-                            }
-                        }
+                    let leader = self.cluster_view(id).await.and_then(|v| v["leader_id"].as_u64());
+                    if let Some(l) = leader.filter(|l| self.alive().contains(l)) {
+                        return Some(l);
                     }
                 }
                 None

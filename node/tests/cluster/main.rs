@@ -1,5 +1,7 @@
 //! Multi-node integration tests: real `ferrokv serve` processes on loopback, real HTTP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 mod bad_input;

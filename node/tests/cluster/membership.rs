@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::harness::Cluster;
 use crate::harness::eventually;
 
-fn member<'a>(view: &'a Value, node_id: u64) -> Option<&'a Value> {
+fn member(view: &Value, node_id: u64) -> Option<&Value> {
     view["members"].as_array()?.iter().find(|m| m["id"] == node_id)
 }
 
