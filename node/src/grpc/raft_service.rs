@@ -1,5 +1,6 @@
 //! Raft RPCs from peers, handed to the local Raft after checking they are meant for it.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -9,6 +10,7 @@ use ferrokv_proto::RaftRequest;
 use ferrokv_proto::SnapshotChunk;
 use futures::StreamExt;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
@@ -21,6 +23,7 @@ use crate::service::Service;
 use crate::storage::snapshot;
 use crate::types::DATA_GROUP;
 use crate::types::GroupId;
+use crate::types::Raft;
 use crate::types::RaftId;
 use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
@@ -52,6 +55,28 @@ impl RaftService {
     }
 }
 
+impl RaftService {
+    /// Decode a unary Raft request, hand it to the addressed member, encode its answer.
+    async fn handle<Req, Resp, E, F, Fut>(
+        &self,
+        req: Request<RaftRequest>,
+        call: F,
+    ) -> Result<Response<RaftReply>, Status>
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        E: std::fmt::Display,
+        F: FnOnce(Raft, Req) -> Fut,
+        Fut: Future<Output = Result<Resp, E>>,
+    {
+        let req = req.into_inner();
+        let core = self.core_for(req.group_id, req.target)?;
+        let rpc = codec::decode(&req.payload).map_err(bad_payload)?;
+        let resp = call(core.raft.clone(), rpc).await.map_err(fatal)?;
+        reply(&resp)
+    }
+}
+
 fn reply<T: Serialize>(value: &T) -> Result<Response<RaftReply>, Status> {
     let payload = codec::encode(value).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(RaftReply { payload: Bytes::from(payload) }))
@@ -64,35 +89,19 @@ fn fatal(e: impl std::fmt::Display) -> Status {
 #[tonic::async_trait]
 impl ferrokv_proto::raft_server::Raft for RaftService {
     async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let req = req.into_inner();
-        let core = self.core_for(req.group_id, req.target)?;
-        let rpc = codec::decode(&req.payload).map_err(bad_payload)?;
-        let resp = core.raft.append_entries(rpc).await.map_err(fatal)?;
-        reply(&resp)
+        self.handle(req, |raft, rpc| async move { raft.append_entries(rpc).await }).await
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let req = req.into_inner();
-        let core = self.core_for(req.group_id, req.target)?;
-        let rpc = codec::decode(&req.payload).map_err(bad_payload)?;
-        let resp = core.raft.vote(rpc).await.map_err(fatal)?;
-        reply(&resp)
+        self.handle(req, |raft, rpc| async move { raft.vote(rpc).await }).await
     }
 
     async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let req = req.into_inner();
-        let core = self.core_for(req.group_id, req.target)?;
-        let rpc = codec::decode(&req.payload).map_err(bad_payload)?;
-        let resp = core.raft.pre_vote(rpc).await.map_err(fatal)?;
-        reply(&resp)
+        self.handle(req, |raft, rpc| async move { raft.pre_vote(rpc).await }).await
     }
 
     async fn transfer_leader(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let req = req.into_inner();
-        let core = self.core_for(req.group_id, req.target)?;
-        let rpc = codec::decode(&req.payload).map_err(bad_payload)?;
-        let resp = core.raft.handle_transfer_leader(rpc).await.map_err(fatal)?;
-        reply(&resp)
+        self.handle(req, |raft, rpc| async move { raft.handle_transfer_leader(rpc).await }).await
     }
 
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {

@@ -5,6 +5,7 @@
 mod harness;
 
 mod bad_input;
+mod cli;
 mod crud;
 mod durability;
 mod faults;
