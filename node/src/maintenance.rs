@@ -88,7 +88,7 @@ async fn fill_http_addresses(service: &Service, core: &Core, members: BTreeMap<R
             continue;
         };
         let call = client.status(StatusRequest { group_id: DATA_GROUP });
-        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), call).await {
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(300), call).await {
             let r = r.into_inner();
             if r.node_id == member.node_id && r.raft_id == id && !r.http_addr.is_empty() {
                 updates.insert(id, Member { http_addr: r.http_addr, ..member });
@@ -98,7 +98,9 @@ async fn fill_http_addresses(service: &Service, core: &Core, members: BTreeMap<R
     if updates.is_empty() {
         return;
     }
-    let _serial = service.admin_lock.lock().await;
+    // Never wait behind a membership change (a join may hold the lock while a new member
+    // catches up): TTL expiry shares this loop. The next tick tries again.
+    let Ok(_serial) = service.admin_lock.try_lock() else { return };
     if let Err(e) = core.raft.change_membership(ChangeMembers::SetNodes(updates), true).await {
         tracing::debug!("recording members' HTTP addresses failed: {e}");
     }

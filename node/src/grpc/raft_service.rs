@@ -96,6 +96,37 @@ impl ferrokv_proto::raft_server::Raft for RaftService {
         self.handle(req, |raft, rpc| async move { raft.vote(rpc).await }).await
     }
 
+    type StreamAppendStream = futures::stream::BoxStream<'static, Result<RaftReply, Status>>;
+
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let inbound = req.into_inner();
+        // Answer at once, without waiting for a first request: the sender only starts sending
+        // once the stream is open. Every request is checked as it arrives instead.
+        let core =
+            self.service.try_core().ok_or_else(|| Status::unavailable("this node has no Raft member yet"))?.clone();
+        let raft_id = core.raft_id;
+        // The first bad message (wrong group or target, undecodable) ends the input: answers
+        // must stay one-to-one with requests, so nothing is skipped. Raft answers what came
+        // before it and the stream closes; the leader then opens a new one.
+        let decoded = inbound
+            .map(move |r| match r {
+                Ok(m) if m.group_id == DATA_GROUP && m.target == raft_id => codec::decode(&m.payload).ok(),
+                _ => None,
+            })
+            .take_while(|r| futures::future::ready(r.is_some()))
+            .filter_map(futures::future::ready);
+        let replies = core.raft.stream_append(decoded).map(|result| match result {
+            Ok(r) => codec::encode(&r)
+                .map(|p| RaftReply { payload: Bytes::from(p) })
+                .map_err(|e| Status::internal(e.to_string())),
+            Err(e) => Err(fatal(e)),
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+
     async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         self.handle(req, |raft, rpc| async move { raft.pre_vote(rpc).await }).await
     }

@@ -7,8 +7,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferrokv_proto::RaftRequest;
 use ferrokv_proto::SnapshotChunk;
+use futures::Stream;
+use futures::StreamExt;
 use openraft::RaftNetworkFactory;
 use openraft::RaftNetworkV2;
+use openraft::base::BoxFuture;
+use openraft::base::BoxStream;
 use openraft::error::NetworkError;
 use openraft::error::RPCError;
 use openraft::error::ReplicationClosed;
@@ -19,6 +23,7 @@ use openraft::network::RPCOption;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
+use openraft::raft::StreamAppendResult;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
@@ -126,6 +131,38 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Rpc<AppendEntriesResponse<TypeConfig>> {
         let req = self.request(&rpc)?;
         self.unary(option.soft_ttl(), |mut c| async move { c.append_entries(req).await }).await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Rpc<BoxStream<'s, Rpc<StreamAppendResult<TypeConfig>>>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let (group_id, target) = (self.group, self.target);
+            let mut client = self.client()?;
+            // Encoding these structs cannot fail; if it ever did, the empty payload is refused by
+            // the peer, the stream ends with an error and openraft restarts replication.
+            let requests = input.map(move |rpc| RaftRequest {
+                group_id,
+                target,
+                payload: Bytes::from(codec::encode(&rpc).unwrap_or_default()),
+            });
+            let opened = tokio::time::timeout(option.soft_ttl(), client.stream_append(requests)).await;
+            let replies = match opened {
+                Err(_) => return Err(self.timeout(option.soft_ttl())),
+                Ok(Err(status)) => return Err(status_to_rpc(status)),
+                Ok(Ok(r)) => r.into_inner(),
+            };
+            let results = replies.map(|item| match item {
+                Ok(reply) => codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e))),
+                Err(status) => Err(status_to_rpc(status)),
+            });
+            Ok(Box::pin(results) as BoxStream<'s, _>)
+        })
     }
 
     async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {

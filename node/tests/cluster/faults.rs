@@ -68,6 +68,12 @@ async fn without_quorum_writes_fail_fast_and_stale_reads_still_work() {
     let l = c.leader().await;
     c.put_ok(l, "kept", "yes").await;
     let survivor = c.follower().await;
+    // A follower applies a commit when the leader next tells it the commit index: wait for
+    // that before cutting it off, so the stale read below has something to find.
+    crate::harness::eventually("follower applied", Duration::from_secs(10), || async {
+        c.value(survivor, "kept", "stale").await.map(|_| ())
+    })
+    .await;
     for id in c.alive() {
         if id != survivor {
             c.kill(id);
