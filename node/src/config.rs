@@ -133,6 +133,7 @@ impl ServeArgs {
             install_snapshot_timeout: 30_000,
             max_payload_entries: 512,
             enable_pre_vote: Some(true),
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         }
         .validate()

@@ -33,8 +33,19 @@ pub async fn serve(
         .add_service(raft)
         .add_service(kv)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
+}
+
+/// Accepted connections with Nagle's algorithm off. Tonic sets `TCP_NODELAY` only on listeners
+/// it binds itself; without it small Raft replies wait for the peer's delayed ACK (~40 ms).
+fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
 }
 
 /// Map a decode failure of an internal payload to a gRPC status.
