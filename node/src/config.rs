@@ -65,6 +65,9 @@ pub struct ServeArgs {
     /// Largest page of a prefix scan.
     #[arg(long, env = "FERROKV_MAX_LIST_LIMIT", default_value_t = 1000)]
     pub max_list_limit: usize,
+    /// Requests one node serves at once over HTTP; beyond that it answers 503 `overloaded`.
+    #[arg(long, env = "FERROKV_MAX_IN_FLIGHT_REQUESTS", default_value_t = 8192)]
+    pub max_in_flight_requests: usize,
     /// Log format.
     #[arg(long, env = "FERROKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

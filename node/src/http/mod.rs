@@ -8,7 +8,10 @@ mod kv;
 mod params;
 
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
+
+use axum::error_handling::HandleErrorLayer;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -30,6 +33,7 @@ pub type AppState = Arc<Service>;
 pub fn router(service: Arc<Service>) -> Router {
     // Room for the largest value plus nothing else: the body *is* the value.
     let body_limit = service.cfg.max_value_bytes;
+    let max_in_flight = service.cfg.max_in_flight_requests;
     Router::new()
         .route("/v1/kv", get(kv::list).fallback(error::method_not_allowed))
         .route("/v1/kv/", axum::routing::any(kv::empty_key))
@@ -49,6 +53,16 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        // A client that stops sending its body mid-way cannot hold a request open forever.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_secs(30)))
+        // Beyond this many requests in flight the node answers 503 `overloaded` at once
+        // instead of queueing without bound.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(error::overloaded))
+                .layer(tower::load_shed::LoadShedLayer::new())
+                .layer(tower::limit::ConcurrencyLimitLayer::new(max_in_flight)),
+        )
         .layer(axum::middleware::from_fn_with_state(service.clone(), track))
         .with_state(service)
 }

@@ -64,7 +64,7 @@ async fn check_acked(c: &Cluster, node: u64, acked: &BTreeMap<String, u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_quorum_writes_fail_fast_and_stale_reads_still_work() {
-    let mut c = Cluster::start(3, &["--request-timeout-ms", "1500"]).await;
+    let mut c = Cluster::start(3, &["--request-timeout-ms", "1500", "--max-in-flight-requests", "4"]).await;
     let l = c.leader().await;
     c.put_ok(l, "kept", "yes").await;
     let survivor = c.follower().await;
@@ -84,6 +84,22 @@ async fn without_quorum_writes_fail_fast_and_stale_reads_still_work() {
     assert!(started.elapsed() < Duration::from_secs(12), "a write without quorum must not hang");
     expect_error(c.get(survivor, "kept", "linearizable").await, 503, "no_quorum").await;
     assert_eq!(c.value(survivor, "kept", "stale").await.as_deref(), Some("yes"));
+
+    // Overload: with reads stuck waiting for a quorum, requests beyond the in-flight limit are
+    // shed at once with 503 `overloaded`; none is lost in a queue and the node stays up.
+    let url = c.url(survivor, "/v1/kv/kept");
+    let calls = (0..10).map(|_| {
+        let (http, url) = (c.http.clone(), url.clone());
+        tokio::spawn(async move {
+            let r = http.get(url).send().await.unwrap();
+            let body: serde_json::Value = r.json().await.unwrap();
+            body["error"]["code"].as_str().unwrap_or_default().to_string()
+        })
+    });
+    let codes: Vec<String> = futures::future::join_all(calls).await.into_iter().map(|r| r.unwrap()).collect();
+    assert!(codes.iter().any(|c| c == "overloaded"), "{codes:?}");
+    assert!(codes.iter().all(|c| c == "overloaded" || c == "no_quorum"), "{codes:?}");
+    assert!(c.is_ready(survivor).await || c.http.get(c.url(survivor, "/healthz")).send().await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
