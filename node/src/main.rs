@@ -1,4 +1,4 @@
-//! The `ferrokv` binary: `serve` a node, run a local `dev` cluster, or talk to one (`kv`, `cluster`).
+//! The `ferrokv` binary: `serve` a node, run a local `dev` cluster, or talk to one (`kv`, `cluster`, `bench`).
 
 use clap::Parser;
 use clap::Subcommand;
@@ -22,6 +22,8 @@ enum Command {
     Kv(cli::KvArgs),
     /// Inspect and change cluster membership.
     Cluster(cli::ClusterArgs),
+    /// Drive load at a cluster and report throughput and latency.
+    Bench(cli::BenchArgs),
 }
 
 fn main() {
@@ -52,6 +54,7 @@ fn run() -> anyhow::Result<()> {
             Command::Dev(args) => cli::run_dev(args).await,
             Command::Kv(args) => cli::run_kv(args).await,
             Command::Cluster(args) => cli::run_cluster(args).await,
+            Command::Bench(args) => cli::run_bench(args).await,
         }
     })
 }

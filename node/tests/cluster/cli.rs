@@ -119,3 +119,40 @@ async fn dev_starts_a_cluster_and_stops_it_cleanly() {
         assert!(dir.path().join(format!("node-{i}/node.json")).exists());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_real_successes_and_counts_failures_as_errors() {
+    let mut c = Cluster::start(3, &["--request-timeout-ms", "1000"]).await;
+    let endpoints: Vec<String> = c.nodes.values().map(|n| format!("http://{}", n.http)).collect();
+    let run = |endpoints: &str, extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["bench", "--endpoint", endpoints, "--concurrency", "4", "--keys", "50", "--warmup", "0.2", "--json"])
+            .args(["--seed", "7"])
+            .args(extra)
+            .output()
+            .expect("run bench");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.success(), report, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, report, err) =
+        run(&endpoints.join(","), &["--ops", "400", "--mix", "put=40,get=40,cas=10,delete=5,list=5"]);
+    assert!(ok, "{err}");
+    let total = &report["total"];
+    assert!(total["successes"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(total["errors"], 0, "{report}");
+    let ops = total["ops"].as_u64().unwrap();
+    let parts = ["successes", "misses", "conflicts", "errors"].iter().map(|k| total[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(ops, parts);
+    // Without a quorum every write fails, and the bench says so (and gates on it).
+    let survivor = c.follower().await;
+    for id in c.alive() {
+        if id != survivor {
+            c.kill(id);
+        }
+    }
+    let only = format!("http://{}", c.nodes[&survivor].http);
+    let (ok, report, _) = run(&only, &["--ops", "8", "--mix", "put=1", "--no-prefill", "--max-error-rate", "0.5"]);
+    assert!(!ok, "the error gate must fail: {report}");
+    assert_eq!(report["total"]["successes"], 0, "{report}");
+    assert!(report["total"]["errors"].as_u64().unwrap() > 0, "{report}");
+}
