@@ -81,7 +81,7 @@ use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use reqwest::header::{ETAG, IF_MATCH};
-use reqwest::{RequestBuilder, StatusCode, Url};
+use reqwest::{RequestBuilder, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -1041,15 +1041,7 @@ impl Plan {
 /// Checks an endpoint and strips its trailing `/`. Only plain http: the
 /// client is built without TLS.
 fn normalize_endpoint(endpoint: &str) -> anyhow::Result<String> {
-    let url = Url::parse(endpoint).with_context(|| format!("invalid --endpoint {endpoint:?}"))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => bail!("invalid --endpoint {endpoint:?}: https is not supported, use http://"),
-        other => bail!("invalid --endpoint {endpoint:?}: unsupported scheme {other:?}"),
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        bail!("invalid --endpoint {endpoint:?}: must not contain a query or fragment");
-    }
+    let url = super::client::parse_endpoint(endpoint)?;
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 

@@ -173,7 +173,7 @@ impl ApiClient {
 
 /// Validates the endpoint early so typos give a clear message instead of a
 /// confusing transport error later.
-fn parse_endpoint(endpoint: &str) -> anyhow::Result<Url> {
+pub(crate) fn parse_endpoint(endpoint: &str) -> anyhow::Result<Url> {
     let url = Url::parse(endpoint).with_context(|| format!("invalid --endpoint {endpoint:?}"))?;
     match url.scheme() {
         "http" => {}
