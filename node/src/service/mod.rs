@@ -8,7 +8,6 @@ mod admin;
 mod read;
 mod write;
 
-use openraft::async_runtime::WatchReceiver as _;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::OnceLock;
@@ -33,7 +32,6 @@ use crate::storage::StateMachineStore;
 use crate::types::Member;
 use crate::types::Raft;
 use crate::types::RaftId;
-use crate::types::RaftMetrics;
 
 /// The Raft side of a node, present once the node has a Raft identity.
 pub struct Core {
@@ -123,17 +121,5 @@ impl Service {
     pub fn deliver_offer(&self, offer: Offer) -> bool {
         let tx = self.offer_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         tx.is_some_and(|tx| tx.send(offer).is_ok())
-    }
-
-    /// The latest Raft metrics of the core.
-    pub fn raft_metrics(&self) -> Result<RaftMetrics, ApiError> {
-        Ok(self.core()?.raft.metrics().borrow_watched().clone())
-    }
-
-    /// The member record of a Raft id in the current membership.
-    pub fn member(&self, core: &Core, raft_id: RaftId) -> Option<Member> {
-        let m = core.raft.metrics();
-        let m = m.borrow_watched();
-        m.membership_config.membership().get_node(&raft_id).cloned()
     }
 }

@@ -20,7 +20,6 @@ use openraft::EntryPayload;
 use openraft::RaftSnapshotBuilder;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
-use tokio::sync::watch;
 
 use crate::command::CommandResult;
 use crate::state::KvState;
@@ -51,8 +50,6 @@ struct Inner {
     data: RwLock<SmData>,
     dir: PathBuf,
     current: Mutex<Option<(SnapshotMeta, SnapshotData)>>,
-    /// Last applied log index, for waiters (e.g. reads that must see a given index).
-    applied: watch::Sender<u64>,
     counters: SmCounters,
 }
 
@@ -78,13 +75,11 @@ impl StateMachineStore {
             };
             tracing::info!(last_log_id = ?meta.last_log_id, keys = data.kv.len(), "restored snapshot");
         }
-        let applied = data.last_applied.map_or(0, |l| l.index);
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
                 data: RwLock::new(data),
                 dir,
                 current: Mutex::new(current),
-                applied: watch::channel(applied).0,
                 counters: SmCounters::default(),
             }),
         })
@@ -93,11 +88,6 @@ impl StateMachineStore {
     /// Run `f` on the current state (a consistent view; keep it short).
     pub fn read<R>(&self, f: impl FnOnce(&SmData) -> R) -> R {
         f(&self.read_guard())
-    }
-
-    /// Watch the last applied log index.
-    pub fn applied_index(&self) -> watch::Receiver<u64> {
-        self.inner.applied.subscribe()
     }
 
     pub fn counters(&self) -> &SmCounters {
@@ -173,7 +163,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
             };
-            self.inner.applied.send_replace(index);
             if let Some(r) = responder {
                 r.send(result);
             }
@@ -192,7 +181,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut sm = self.write_guard();
             *sm = SmData { last_applied: meta.last_log_id, last_membership: meta.last_membership.clone(), kv };
         }
-        self.inner.applied.send_replace(meta.last_log_id.map_or(0, |l| l.index));
         self.set_current(meta.clone(), data);
         self.inner.counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
