@@ -43,6 +43,9 @@ pub enum Command {
     SetClusterId { id: String },
     /// Changes nothing; used to allocate a unique log index (e.g. a fresh Raft id).
     Noop,
+    /// Changes nothing; every replica records its state digest at this log index, so the
+    /// leader can compare replicas at the same point (anti-entropy).
+    Checkpoint,
 }
 
 impl Command {
@@ -50,7 +53,7 @@ impl Command {
     pub fn stamp(&mut self, leader_now_ms: u64) {
         match self {
             Command::Put { now_ms, .. } | Command::Delete { now_ms, .. } => *now_ms = leader_now_ms,
-            Command::Expire { .. } | Command::SetClusterId { .. } | Command::Noop => {}
+            Command::Expire { .. } | Command::SetClusterId { .. } | Command::Noop | Command::Checkpoint => {}
         }
     }
 
@@ -62,6 +65,7 @@ impl Command {
             Command::Expire { .. } => "expire",
             Command::SetClusterId { .. } => "set_cluster_id",
             Command::Noop => "noop",
+            Command::Checkpoint => "checkpoint",
         }
     }
 }
@@ -74,6 +78,7 @@ impl fmt::Display for Command {
             Command::Expire { keys } => write!(f, "expire({} keys)", keys.len()),
             Command::SetClusterId { id } => write!(f, "set_cluster_id({id})"),
             Command::Noop => write!(f, "noop"),
+            Command::Checkpoint => write!(f, "checkpoint"),
         }
     }
 }
@@ -91,6 +96,8 @@ pub enum CommandResult {
     ConditionFailed { current_revision: Option<u64> },
     /// A command with no particular answer (expire, cluster id, noop, membership, blank).
     Done,
+    /// The state digest at a checkpoint's log index.
+    Checkpoint { digest: crate::state::Digest },
 }
 
 /// Milliseconds since the Unix epoch on this node's clock.

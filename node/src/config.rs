@@ -74,6 +74,18 @@ pub struct ServeArgs {
     /// Name reported as the OpenTelemetry service name.
     #[arg(long, env = "FERROKV_SERVICE_NAME", default_value = "ferrokv")]
     pub service_name: String,
+    /// How often the leader checkpoints the log and compares every replica's state digest at
+    /// that index (anti-entropy); 0 turns it off.
+    #[arg(long, env = "FERROKV_ANTI_ENTROPY_INTERVAL_MS", default_value_t = 30_000)]
+    pub anti_entropy_interval_ms: u64,
+    /// Repair a replica whose digest differs from the leader's (when the leader's digest is
+    /// confirmed by a majority of voters) by replacing its state with the leader's.
+    #[arg(long, env = "FERROKV_ANTI_ENTROPY_REPAIR", default_value_t = true, action = clap::ArgAction::Set)]
+    pub anti_entropy_repair: bool,
+    /// UNSAFE, tests only: enable `POST /v1/debug/corrupt`, which changes this replica's state
+    /// without replication. Never set it on a cluster that holds data you care about.
+    #[arg(long, env = "FERROKV_UNSAFE_FAULT_INJECTION", default_value_t = false)]
+    pub unsafe_fault_injection: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -118,6 +130,11 @@ impl ServeArgs {
 
     pub fn advertised_http(&self) -> String {
         self.advertise_http.clone().unwrap_or_else(|| self.http_addr.to_string())
+    }
+
+    /// The anti-entropy period, `None` when turned off.
+    pub fn anti_entropy_interval(&self) -> Option<Duration> {
+        (self.anti_entropy_interval_ms > 0).then(|| Duration::from_millis(self.anti_entropy_interval_ms))
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -12,6 +12,7 @@
 //! | [`bootstrap`] | deciding the node's Raft identity: form, join, restart |
 //! | [`membership`] | Raft ids (never reused) and the persisted node identity |
 //! | [`maintenance`] | leader duties: TTL expiry, cluster id, members' addresses |
+//! | [`anti_entropy`] | replicas' state digests compared at checkpoints; divergence repair |
 //! | [`network`] | outbound gRPC: peer channel pool and openraft's network client |
 //! | [`storage`] | the write-ahead Raft log and the state machine with snapshots |
 //! | [`state`] | the replicated key-value map itself (pure, deterministic) |
@@ -23,6 +24,7 @@
 //! | [`error`] | the API error with its stable code |
 //! | [`cli`] | `ferrokv kv`, `ferrokv cluster` and `ferrokv dev` |
 
+pub mod anti_entropy;
 pub mod bootstrap;
 pub mod cli;
 pub mod codec;

@@ -32,6 +32,7 @@ pub async fn run(service: Arc<Service>, mut stop: watch::Receiver<bool>) {
     let Some(core) = service.wait_core(Duration::MAX).await.cloned() else {
         return;
     };
+    tokio::spawn(log_leadership(core.clone(), stop.clone()));
     let mut leader = None;
     loop {
         tokio::select! {
@@ -44,6 +45,7 @@ pub async fn run(service: Arc<Service>, mut stop: watch::Receiver<bool>) {
                 service.metrics.leader_changes.with_label_values(&["0"]).inc();
             }
             leader = m.current_leader;
+            tracing::info!(term = m.current_term, leader = ?leader, "leader changed");
         }
         if leader != Some(core.raft_id) {
             continue;
@@ -53,6 +55,27 @@ pub async fn run(service: Arc<Service>, mut stop: watch::Receiver<bool>) {
         let members: BTreeMap<RaftId, Member> =
             m.membership_config.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
         fill_http_addresses(&service, &core, members).await;
+    }
+}
+
+/// Log every term in which this node becomes leader, as it happens (`became leader term=…`):
+/// the record fault tests use to check that no two nodes led in the same term.
+async fn log_leadership(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let mut rx = core.raft.metrics();
+    let mut logged_term = None;
+    loop {
+        let (term, leads) = {
+            let m = rx.borrow_watched();
+            (m.current_term, m.current_leader == Some(core.raft_id) && m.state.is_leader())
+        };
+        if leads && logged_term != Some(term) {
+            logged_term = Some(term);
+            tracing::info!(term, raft_id = core.raft_id, "became leader");
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
     }
 }
 

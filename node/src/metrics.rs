@@ -6,6 +6,7 @@ use prometheus::Encoder;
 use prometheus::HistogramOpts;
 use prometheus::HistogramVec;
 use prometheus::IntCounterVec;
+use prometheus::IntGauge;
 use prometheus::IntGaugeVec;
 use prometheus::Opts;
 use prometheus::Registry;
@@ -22,6 +23,11 @@ pub struct Metrics {
     pub forwarded: IntCounterVec,
     pub leader_changes: IntCounterVec,
     pub expired_keys: IntCounterVec,
+    /// 1 when the peer's state digest differed from the leader's at the last comparison.
+    pub replica_divergence: IntGaugeVec,
+    pub anti_entropy_checks: IntCounterVec,
+    pub replica_repairs: IntCounterVec,
+    resident_memory: IntGauge,
     node_info: IntGaugeVec,
     raft_term: IntGaugeVec,
     raft_is_leader: IntGaugeVec,
@@ -100,6 +106,29 @@ impl Metrics {
                 "Keys whose TTL expiry this node proposed as leader.",
                 &["group"],
             )?,
+            replica_divergence: gauge(
+                &r,
+                "ferrokv_replica_divergence",
+                "1 when the peer's state digest differed from the leader's at the last checkpoint (leader only).",
+                &["group", "peer"],
+            )?,
+            anti_entropy_checks: counter(
+                &r,
+                "ferrokv_anti_entropy_checks_total",
+                "Replica digest comparisons made as leader, by result: match, diverged, unavailable.",
+                &["group", "result"],
+            )?,
+            replica_repairs: counter(
+                &r,
+                "ferrokv_replica_repairs_total",
+                "Times this replica's state was replaced with the leader's after a digest mismatch.",
+                &["group"],
+            )?,
+            resident_memory: {
+                let g = IntGauge::new("process_resident_memory_bytes", "Resident memory size in bytes.")?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             node_info: gauge(
                 &r,
                 "ferrokv_node_info",
@@ -161,6 +190,9 @@ impl Metrics {
     fn refresh(&self, service: &Service) {
         use openraft::async_runtime::WatchReceiver as _;
         let g = "0";
+        if let Some(rss) = resident_memory_bytes() {
+            self.resident_memory.set(rss as i64);
+        }
         let Some(core) = service.try_core() else {
             self.node_info.with_label_values(&[&service.node_id().to_string(), "0", env!("CARGO_PKG_VERSION")]).set(1);
             return;
@@ -210,4 +242,12 @@ impl Metrics {
         self.wal.with_label_values(&[g, "bytes"]).set(s.wal_bytes as i64);
         self.wal.with_label_values(&[g, "fsyncs"]).set(s.fsyncs as i64);
     }
+}
+
+/// The process's resident set size, from `/proc/self/status` (Linux; `None` elsewhere).
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

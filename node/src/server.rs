@@ -13,6 +13,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::anti_entropy;
 use crate::bootstrap;
 use crate::config::ServeArgs;
 use crate::grpc;
@@ -37,6 +38,7 @@ pub async fn run(cfg: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     let grpc = tokio::spawn(grpc::serve(service.clone(), grpc_listener, stopped(stop_rx.clone())));
     let http = tokio::spawn(http::serve(service.clone(), http_listener, stopped(stop_rx.clone())));
     let maint = tokio::spawn(maintenance::run(service.clone(), stop_rx.clone()));
+    let anti_entropy = tokio::spawn(anti_entropy::run(service.clone(), stop_rx.clone()));
     let mut boot = tokio::spawn(bootstrap::start(service.clone()));
 
     tokio::pin!(shutdown);
@@ -64,6 +66,7 @@ pub async fn run(cfg: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     let _ = tokio::time::timeout(grace, grpc).await;
     let _ = tokio::time::timeout(grace, http).await;
     let _ = tokio::time::timeout(grace, maint).await;
+    let _ = tokio::time::timeout(grace, anti_entropy).await;
     tracing::info!("stopped");
     outcome
 }

@@ -7,10 +7,16 @@ use ferrokv_proto::AddMemberReply;
 use ferrokv_proto::AddMemberRequest;
 use ferrokv_proto::AssignReply;
 use ferrokv_proto::AssignRequest;
+use ferrokv_proto::DigestReply;
+use ferrokv_proto::DigestRequest;
+use ferrokv_proto::FetchStateRequest;
 use ferrokv_proto::FormReply;
 use ferrokv_proto::FormRequest;
 use ferrokv_proto::ForwardReply;
 use ferrokv_proto::RemoveMemberRequest;
+use ferrokv_proto::RepairReply;
+use ferrokv_proto::RepairRequest;
+use ferrokv_proto::StateChunk;
 use ferrokv_proto::StatusReply;
 use ferrokv_proto::StatusRequest;
 use ferrokv_proto::TransferLeadershipRequest;
@@ -35,8 +41,48 @@ impl AdminService {
     }
 }
 
+/// State chunks streamed to a replica being repaired (as big as snapshot chunks).
+const STATE_CHUNK: usize = 1024 * 1024;
+
+type StateStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<StateChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl ferrokv_proto::admin_server::Admin for AdminService {
+    type FetchStateStream = StateStream;
+
+    async fn digest(&self, req: Request<DigestRequest>) -> Result<Response<DigestReply>, Status> {
+        let req = req.into_inner();
+        let wait = Duration::from_millis(req.wait_ms.into());
+        let (applied_index, digest) = self.service.digest_at(req.index, wait).await.map_err(ApiError::into_status)?;
+        Ok(Response::new(DigestReply {
+            applied_index,
+            found: digest.is_some(),
+            digest: digest.map(|d| d.to_bytes().to_vec()).unwrap_or_default().into(),
+        }))
+    }
+
+    async fn fetch_state(&self, _req: Request<FetchStateRequest>) -> Result<Response<StateStream>, Status> {
+        let service = self.service.clone();
+        let (index, data) = tokio::task::spawn_blocking(move || service.state_for_repair())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(ApiError::into_status)?;
+        let chunks: Vec<Result<StateChunk, Status>> = (0..data.len().div_ceil(STATE_CHUNK).max(1))
+            .map(|i| {
+                let end = ((i + 1) * STATE_CHUNK).min(data.len());
+                Ok(StateChunk { index, data: data.slice(i * STATE_CHUNK..end) })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    async fn repair(&self, req: Request<RepairRequest>) -> Result<Response<RepairReply>, Status> {
+        let req = req.into_inner();
+        let (applied_index, digest) =
+            self.service.repair_from(&req.leader_grpc_addr).await.map_err(ApiError::into_status)?;
+        Ok(Response::new(RepairReply { applied_index, digest: digest.to_bytes().to_vec().into() }))
+    }
+
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         let s = &self.service;
         let me = s.me();

@@ -1,4 +1,5 @@
-//! `/v1/cluster`: the cluster view and the admin calls (add/remove members, move leadership).
+//! `/v1/cluster`: the cluster view and the admin calls (add/remove members, move leadership,
+//! verify that replicas agree).
 
 use axum::Json;
 use axum::extract::Path;
@@ -10,6 +11,7 @@ use serde_json::json;
 
 use super::ApiResult;
 use super::AppState;
+use crate::anti_entropy::Verification;
 use crate::error::ApiError;
 use crate::service::ClusterView;
 use crate::types::Member;
@@ -27,7 +29,7 @@ pub struct AddMember {
     http_addr: String,
 }
 
-fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+pub(super) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     body.map(|Json(v)| v).map_err(|e| ApiError::bad_request("invalid_json", e.body_text()))
 }
 
@@ -71,4 +73,10 @@ pub async fn transfer_leader(
     };
     let leader = state.transfer_leadership(req.node_id).await?;
     Ok(Json(json!({ "leader_id": leader })))
+}
+
+/// Compare every member's state digest at a fresh checkpoint. 200 with `consistent: false`
+/// when they differ (the report is the answer either way).
+pub async fn verify(State(state): State<AppState>) -> ApiResult<Json<Verification>> {
+    Ok(Json(state.verify_replicas().await?))
 }

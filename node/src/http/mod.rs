@@ -2,6 +2,7 @@
 //! and `/healthz`, `/readyz`, `/metrics`. Every error is JSON with a stable code.
 
 mod cluster;
+mod debug;
 mod error;
 mod health;
 mod kv;
@@ -34,7 +35,11 @@ pub fn router(service: Arc<Service>) -> Router {
     // Room for the largest value plus nothing else: the body *is* the value.
     let body_limit = service.cfg.max_value_bytes;
     let max_in_flight = service.cfg.max_in_flight_requests;
-    Router::new()
+    let mut router = Router::new();
+    if service.cfg.unsafe_fault_injection {
+        router = router.route("/v1/debug/corrupt", post(debug::corrupt).fallback(error::method_not_allowed));
+    }
+    router
         .route("/v1/kv", get(kv::list).fallback(error::method_not_allowed))
         .route("/v1/kv/", axum::routing::any(kv::empty_key))
         .route(
@@ -48,6 +53,7 @@ pub fn router(service: Arc<Service>) -> Router {
             axum::routing::delete(cluster::remove_member).fallback(error::method_not_allowed),
         )
         .route("/v1/cluster/leader", post(cluster::transfer_leader).fallback(error::method_not_allowed))
+        .route("/v1/cluster/verify", post(cluster::verify).fallback(error::method_not_allowed))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

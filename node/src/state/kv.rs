@@ -15,6 +15,8 @@ use serde::Serialize;
 use crate::command::Command;
 use crate::command::CommandResult;
 use crate::command::Condition;
+use crate::state::digest::Digest;
+use crate::state::digest::record_hash;
 
 /// One stored key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +66,8 @@ pub struct KvState {
     cluster_id: Option<String>,
     /// Approximate bytes held by keys, values and metadata.
     approx_bytes: u64,
+    /// Sum of every record's hash (see [`crate::state::digest`]).
+    records_digest: Digest,
 }
 
 impl KvState {
@@ -118,7 +122,30 @@ impl KvState {
                 CommandResult::Done
             }
             Command::Noop => CommandResult::Done,
+            Command::Checkpoint => CommandResult::Checkpoint { digest: self.digest() },
         }
+    }
+
+    /// The fingerprint of the whole state (records and cluster id).
+    pub fn digest(&self) -> Digest {
+        self.records_digest.with_cluster_id(self.cluster_id.as_deref())
+    }
+
+    /// Replace a key's value on this replica only, keeping its revisions: the state then differs
+    /// from every other replica's. Exists solely for fault-injection tests of anti-entropy.
+    pub fn overwrite_locally(&mut self, key: &str, value: Bytes) {
+        let record = match self.map.get(key) {
+            Some(rec) => KvRecord { value, ..rec.clone() },
+            None => KvRecord {
+                value,
+                content_type: None,
+                create_revision: 0,
+                mod_revision: 0,
+                version: 1,
+                expires_at_ms: None,
+            },
+        };
+        self.insert(key.to_string(), record);
     }
 
     /// The record of a key that exists and has not expired at `now_ms`.
@@ -198,6 +225,7 @@ impl KvState {
     fn insert(&mut self, key: String, record: KvRecord) {
         self.remove(&key);
         self.approx_bytes += KvRecord::approx_bytes(&key, &record);
+        self.records_digest.add(record_hash(&key, &record));
         if let Some(at) = record.expires_at_ms {
             self.expiries.insert((at, key.clone()));
         }
@@ -207,6 +235,7 @@ impl KvState {
     fn remove(&mut self, key: &str) {
         if let Some(old) = self.map.remove(key) {
             self.approx_bytes = self.approx_bytes.saturating_sub(KvRecord::approx_bytes(key, &old));
+            self.records_digest.sub(record_hash(key, &old));
             if let Some(at) = old.expires_at_ms {
                 self.expiries.remove(&(at, key.to_string()));
             }
@@ -339,6 +368,41 @@ mod tests {
         s.apply(1, &Command::SetClusterId { id: "one".into() });
         s.apply(2, &Command::SetClusterId { id: "two".into() });
         assert_eq!(s.cluster_id(), Some("one"));
+    }
+
+    #[test]
+    fn digest_follows_every_change_and_matches_a_rebuild() {
+        let mut s = KvState::default();
+        let empty = s.digest();
+        s.apply(1, &put("a", "1", Condition::None, None, 0));
+        let one = s.digest();
+        assert_ne!(one, empty);
+        s.apply(2, &put("b", "2", Condition::None, Some(10), 0));
+        s.apply(3, &put("a", "3", Condition::None, None, 0));
+        s.apply(4, &Command::SetClusterId { id: "c".into() });
+        let rebuilt =
+            KvState::from_parts(s.cluster_id().map(String::from), s.iter().map(|(k, r)| (k.clone(), r.clone())));
+        assert_eq!(rebuilt.digest(), s.digest());
+        // The same writes in another order at other indexes are another state.
+        let mut t = KvState::default();
+        t.apply(1, &put("b", "2", Condition::None, Some(10), 0));
+        t.apply(2, &put("a", "3", Condition::None, None, 0));
+        assert_ne!(t.digest(), s.digest());
+        s.apply(5, &Command::Delete { key: "b".into(), condition: Condition::None, now_ms: 0 });
+        s.apply(6, &Command::Delete { key: "a".into(), condition: Condition::None, now_ms: 0 });
+        assert_eq!(s.digest(), KvState::from_parts(Some("c".into()), []).digest(), "removal is exact");
+    }
+
+    #[test]
+    fn checkpoint_reports_the_digest_and_local_overwrite_changes_it() {
+        let mut s = KvState::default();
+        s.apply(1, &put("a", "1", Condition::None, None, 0));
+        let CommandResult::Checkpoint { digest } = s.apply(2, &Command::Checkpoint) else { panic!("no digest") };
+        assert_eq!(digest, s.digest());
+        let mut diverged = s.clone();
+        diverged.overwrite_locally("a", Bytes::from_static(b"X"));
+        assert_ne!(diverged.digest(), s.digest());
+        assert_eq!(diverged.get("a", 0).unwrap().mod_revision, 1, "revisions are kept");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! The state is guarded by a `std::sync::RwLock`, not an async lock: every critical section is
 //! short and never awaits, and reads from HTTP handlers must not queue behind the Raft task.
 
+use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
 
 use crate::command::CommandResult;
+use crate::state::Digest;
 use crate::state::KvState;
 use crate::storage::snapshot;
 use crate::types::LogId;
@@ -31,12 +33,28 @@ use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
 
+/// How many checkpoint digests a replica remembers.
+const CHECKPOINTS_KEPT: usize = 64;
+
 /// Everything the state machine holds.
 #[derive(Debug, Default)]
 pub struct SmData {
     pub last_applied: Option<LogId>,
     pub last_membership: StoredMembership,
     pub kv: KvState,
+    /// (log index, state digest) of the latest applied checkpoints, oldest first.
+    pub checkpoints: VecDeque<(u64, Digest)>,
+}
+
+impl SmData {
+    pub fn applied_index(&self) -> u64 {
+        self.last_applied.map_or(0, |l| l.index)
+    }
+
+    /// The digest this replica recorded when it applied the checkpoint at `index`.
+    pub fn checkpoint(&self, index: u64) -> Option<Digest> {
+        self.checkpoints.iter().find(|(i, _)| *i == index).map(|(_, d)| *d)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +90,7 @@ impl StateMachineStore {
                 last_applied: meta.last_log_id,
                 last_membership: meta.last_membership.clone(),
                 kv: snapshot::decode(bytes)?,
+                checkpoints: VecDeque::new(),
             };
             tracing::info!(last_log_id = ?meta.last_log_id, keys = data.kv.len(), "restored snapshot");
         }
@@ -88,6 +107,33 @@ impl StateMachineStore {
     /// Run `f` on the current state (a consistent view; keep it short).
     pub fn read<R>(&self, f: impl FnOnce(&SmData) -> R) -> R {
         f(&self.read_guard())
+    }
+
+    /// The state as snapshot data, with the log index it was taken at (a consistent cut).
+    pub fn encode_state(&self) -> io::Result<(u64, SnapshotData)> {
+        let sm = self.read_guard();
+        Ok((sm.applied_index(), snapshot::encode(&sm.kv)?))
+    }
+
+    /// Overwrite a key on this replica only (fault injection; see `--unsafe-fault-injection`).
+    pub fn overwrite_locally(&self, key: &str, value: bytes::Bytes) {
+        self.write_guard().kv.overwrite_locally(key, value);
+    }
+
+    /// Replace the key-value state with `state`, which must be the state at log index `at_index`
+    /// (e.g. another replica's, rolled forward with this replica's log). Raft's own bookkeeping
+    /// (applied index, membership) stays, so this only happens when `at_index` is exactly this
+    /// replica's applied index; otherwise `state` is handed back unchanged.
+    #[allow(clippy::result_large_err)]
+    pub fn replace_state(&self, at_index: u64, state: KvState) -> Result<Digest, KvState> {
+        let mut sm = self.write_guard();
+        if sm.applied_index() != at_index {
+            return Err(state);
+        }
+        let digest = state.digest();
+        sm.kv = state;
+        sm.checkpoints.clear();
+        Ok(digest)
     }
 
     pub fn counters(&self) -> &SmCounters {
@@ -156,7 +202,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 sm.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => CommandResult::Done,
-                    EntryPayload::Normal(cmd) => sm.kv.apply(index, &cmd),
+                    EntryPayload::Normal(cmd) => {
+                        let result = sm.kv.apply(index, &cmd);
+                        if let CommandResult::Checkpoint { digest } = result {
+                            if sm.checkpoints.len() == CHECKPOINTS_KEPT {
+                                sm.checkpoints.pop_front();
+                            }
+                            sm.checkpoints.push_back((index, digest));
+                        }
+                        result
+                    }
                     EntryPayload::Membership(m) => {
                         sm.last_membership = StoredMembership::new(Some(entry.log_id), m);
                         CommandResult::Done
@@ -179,7 +234,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.persist(meta.clone(), data.clone()).await?;
         {
             let mut sm = self.write_guard();
-            *sm = SmData { last_applied: meta.last_log_id, last_membership: meta.last_membership.clone(), kv };
+            *sm = SmData {
+                last_applied: meta.last_log_id,
+                last_membership: meta.last_membership.clone(),
+                kv,
+                checkpoints: VecDeque::new(),
+            };
         }
         self.set_current(meta.clone(), data);
         self.inner.counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);

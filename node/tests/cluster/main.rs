@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod anti_entropy;
 mod bad_input;
 mod cli;
 mod crud;
