@@ -171,12 +171,13 @@ impl Service {
         let call = client.read(ReadRequest { group_id: DATA_GROUP, query: Bytes::from(bytes) });
         match tokio::time::timeout_at(deadline, call).await {
             Err(_) => Err(Retry::Fail(ApiError::no_quorum("the leader did not confirm the read in time"))),
-            // Reads change nothing: any transport failure can be retried.
-            Ok(Err(status)) if is_connect_error(&status) || status.code() == tonic::Code::Unavailable => {
-                Err(Retry::Again)
-            }
+            // Reads change nothing, and the leader answers its own errors inside the reply: any
+            // failed call (refused, reset, cut off mid-stream) is retried until the deadline.
             Ok(Err(status)) => {
-                Err(Retry::Fail(ApiError::internal(format!("forwarding the read failed: {}", status.message()))))
+                if !is_connect_error(&status) {
+                    tracing::debug!("forwarding a read failed ({}); retrying", status.message());
+                }
+                Err(Retry::Again)
             }
             Ok(Ok(r)) => decode_forward_reply(r.into_inner()),
         }
