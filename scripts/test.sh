@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The fault-injection suite needs `ip` (network namespaces) and `nft`; install them if missing.
+if [ "$(id -u)" = 0 ] && { ! command -v nft >/dev/null || ! command -v ip >/dev/null; }; then
+  echo "== installing iproute2 and nftables"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 nftables
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

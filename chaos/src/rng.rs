@@ -55,7 +55,9 @@ mod tests {
         let (mut a, mut b) = (Rng::new(7), Rng::new(7));
         for _ in 0..100 {
             assert_eq!(a.next_u64(), b.next_u64());
-            assert!(a.below(5) < 5);
+            let (x, y) = (a.below(5), b.below(5));
+            assert_eq!(x, y);
+            assert!(x < 5);
         }
         assert_eq!(a.weighted(&[0, 0, 3]), 2);
         let s = a.sample(5, 3);

@@ -167,8 +167,9 @@ pub async fn run(s: Scenario, cfg: &RunConfig) -> Result<ScenarioReport> {
     let observer = tokio::spawn(observe_leaders(cluster.http.clone(), urls.clone(), terms.clone(), stop.clone()));
 
     tokio::time::sleep(cfg.warmup).await;
-    let fault_at = Instant::now();
     let mut injected = inject(s, &mut cluster, &mut rng, cfg.hold).await?;
+    // Timed from the moment the fault is in place (the last step of a combined fault).
+    let fault_at = Instant::now();
     tokio::time::sleep(cfg.hold).await;
     heal(&mut cluster, &mut injected)?;
     let healed_at = Instant::now();
