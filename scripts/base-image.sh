@@ -25,7 +25,7 @@ root=$(mktemp -d /tmp/ferrokv-rootfs.XXXXXX)
 cleanup() {
   # debootstrap mounts /proc and /sys inside the target; never delete through a mount.
   local m
-  for m in $(awk -v r="$root" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r); do
+  awk -v r="$root" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
     umount -l "$m" || true
   done
   rm -rf --one-file-system "$root"

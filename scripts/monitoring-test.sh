@@ -5,7 +5,8 @@
 #   dashboard query must return data, promtool check metrics on every node's /metrics.
 # Installs prometheus (for prometheus and promtool) from apt when missing; builds the release
 # binary when needed (honours CARGO_TARGET_DIR, or FERROKV_BIN=/path). Extra arguments go to
-# monitoring_test.py (--strict, --render docs/img/overview.png, --keep).
+# monitoring_test.py (--strict, --keep, --traffic-seconds N, --render PNG; PYTHON=... picks the
+# interpreter, e.g. one with matplotlib for --render).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/deps.sh
@@ -23,5 +24,5 @@ echo "== promtool test rules"
 (cd deploy/monitoring/prometheus && promtool test rules alerts_test.yml)
 
 echo "== dashboards and metrics against a live cluster"
-timeout 300 python3 scripts/monitoring_test.py --ferrokv "$bin" "$@"
+timeout 300 "${PYTHON:-python3}" scripts/monitoring_test.py --ferrokv "$bin" "$@"
 echo "monitoring checks passed in $((SECONDS - start))s"
