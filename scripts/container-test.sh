@@ -19,6 +19,7 @@ cd "$(dirname "$0")/.."
 start=$SECONDS
 export FERROKV_IMAGE=${FERROKV_IMAGE:-ferrokv:dev}
 project=ferrokvtest$$
+command -v docker >/dev/null || { echo "docker is not installed" >&2; exit 1; }
 ensure_commands curl:curl jq:jq python3:python3
 
 if docker compose version >/dev/null 2>&1; then
@@ -112,14 +113,14 @@ get() { curl -s --max-time 8 -f "$1"; }
 [ "$(get "${url[2]}/v1/kv/crud/a")" = one ] || fail "read crud/a via node 2"
 rev=$(curl -s --max-time 8 -D - -o /dev/null "${url[3]}/v1/kv/crud/a" | tr -d '\r' | sed -n 's/^[Ee][Tt]ag: //p')
 [ -n "$rev" ] || fail "no ETag on GET crud/a"
-[ "$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H "If-Match: $rev" --data-binary two "${url[3]}/v1/kv/crud/a")" = 200 ] ||
+[ "$(curl -s --max-time 8 -o /dev/null -w '%{http_code}' -X PUT -H "If-Match: $rev" --data-binary two "${url[3]}/v1/kv/crud/a")" = 200 ] ||
   fail "compare-and-set crud/a via node 3"
-[ "$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H "If-Match: $rev" --data-binary three "${url[1]}/v1/kv/crud/a")" = 412 ] ||
+[ "$(curl -s --max-time 8 -o /dev/null -w '%{http_code}' -X PUT -H "If-Match: $rev" --data-binary three "${url[1]}/v1/kv/crud/a")" = 412 ] ||
   fail "stale compare-and-set crud/a was not rejected"
 [ "$(get "${url[1]}/v1/kv/crud/a")" = two ] || fail "read crud/a after CAS"
 [ "$(put "${url[2]}/v1/kv/crud/b" bee)" = 201 ] || fail "create crud/b via node 2"
 [ "$(get "${url[3]}/v1/kv?prefix=crud/" | jq -r '[.items[].key] | join(",")')" = "crud/a,crud/b" ] || fail "list crud/"
-[ "$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "${url[3]}/v1/kv/crud/b")" = 204 ] || fail "delete crud/b via node 3"
+[ "$(curl -s --max-time 8 -o /dev/null -w '%{http_code}' -X DELETE "${url[3]}/v1/kv/crud/b")" = 204 ] || fail "delete crud/b via node 3"
 [ "$(code "${url[1]}/v1/kv/crud/b")" = 404 ] || fail "crud/b still there after delete"
 step "CRUD through all three published ports: ok"
 
