@@ -391,6 +391,7 @@ def main():
             log(f"   pending (metric not exported by this build yet): {p}")
 
         if args.render:
+            sys.dont_write_bytecode = True  # no __pycache__ in the repository
             import render_dashboard  # noqa: E402 (optional, needs matplotlib)
             render_dashboard.render(prom, os.path.join(DASH_DIR, "ferrokv-overview.json"), prom_start, time.time(),
                                     args.render, substitute, RATE_INTERVAL)
