@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, then every unit and multi-node test.
+# The test command: formatting, lints, every unit, multi-node and fault-injection test, then
+# the monitoring checks and the container test.
 # Honours CARGO_TARGET_DIR (a warm build directory makes this much faster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +23,20 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   echo "(cargo-nextest not found: using cargo test)"
   cargo test --release --workspace --locked --no-fail-fast
+fi
+
+# The binary the tests above built: the scripts below reuse it instead of building again.
+export FERROKV_BIN="${FERROKV_BIN:-$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/ferrokv}"
+
+echo "== monitoring: promtool checks, dashboards' queries against a real Prometheus"
+./scripts/monitoring-test.sh
+
+echo "== containers: image, docker compose cluster, leader kill, disconnect"
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+  ./scripts/container-test.sh
+elif [ -n "${CI:-}" ]; then
+  echo "docker is needed for the container test in CI" >&2
+  exit 1
+else
+  echo "SKIPPED: no usable docker engine (CI runs this test)"
 fi

@@ -6,7 +6,7 @@
 //! | [`suite`] | a plan of scenarios × cluster sizes and its report |
 //! | [`scenario`] | one scenario: inject, heal, converge, check |
 //! | [`workload`] | the clients and the recorded history |
-//! | [`linearizability`] | the history checker (per key, on `stateright`'s tester) |
+//! | [`linearizability`] | the history checker (per key, on the `porcupine-rs` port of Porcupine) |
 //! | [`cluster`] | node processes, kill/pause/restart/wipe |
 //! | [`net`] | namespaces, bridge, nftables faults |
 //! | [`proxy`] | delay and jitter on node-to-node links |

@@ -1,39 +1,36 @@
-//! Linearizability checking of recorded key-value histories.
+//! Linearizability checking of recorded key-value histories, decided by `porcupine-rs`.
 //!
-//! The verdict is decided by the linearizability tester of the `stateright` crate
-//! ([`stateright::semantics::LinearizabilityTester`]) against a sequential register specification
-//! implemented here ([`SequentialSpec`]). This module only prepares its input:
+//! Same public API and semantics as [`crate::linearizability`], but the verdict comes from the
+//! `porcupine-rs` crate, a Rust port of Porcupine (Wing & Gong's search as extended by Lowe: a
+//! depth-first search over linearization orders, memoised on the pair (set of linearized
+//! operations, register state)). This module only prepares its input:
 //!
 //! * **Per-key split (P-compositionality).** Linearizability is local: a history is linearizable
-//!   iff the sub-history of every key is. Each key is checked on its own.
-//! * **Real-time order.** Invocations and returns are fed to the tester in timestamp order, so the
-//!   tester's happens-before relation is exactly "A returned before B was invoked". Operations
-//!   whose timestamps tie are treated as concurrent.
+//!   iff the sub-history of every key is. Each key is handed to the checker on its own, so that the
+//!   failing key can be named and each key gets its own time limit.
+//! * **Real-time order.** Timestamps are replaced by their rank among all timestamps of the key
+//!   (which also keeps `u64` nanoseconds clear of the checker's `i64` times). The checker sorts
+//!   calls before returns at equal times, so operations whose timestamps tie are concurrent.
 //! * **Indeterminate operations** (timeout, connection error, 5xx) may or may not have taken
-//!   effect. Reads are dropped: they cannot change state. Writes, CAS and deletes are recorded as
-//!   operations that return at the very end of the history with a wildcard return value. Such an
-//!   operation can be linearized anywhere after its invocation; "never took effect" is the
-//!   linearization after every other operation, where its effect is unobservable.
-//! * **Virtual threads.** The tester needs each thread's operations to be sequential. Operations
-//!   are packed onto virtual threads (an operation may follow any operation that returned before
-//!   its invocation); real-time constraints come from the timestamps alone, so this loses nothing
-//!   and keeps the number of threads at the peak concurrency. Process ids are not used.
+//!   effect. Reads are dropped: they cannot change state. Writes, CAS and deletes are given a
+//!   return time after every other event of the history and accept any return value, as
+//!   Porcupine does. Such an operation can be linearized anywhere after its invocation; "never took
+//!   effect" is the linearization after every other operation, where its effect is unobservable.
+//!   One exact refinement: a write or CAS whose (unique) value a completed operation observed
+//!   returns when its first observer returns instead (see [`to_porcupine`]). Without it, refuting
+//!   a history with a few dozen indeterminate operations per key takes exponential time.
+//!   Process ids are not used: real-time order comes from the timestamps alone.
 //!
-//! The tester performs a depth-first search without memoisation, which is exponential on
-//! concurrent histories. The specification therefore prunes partial linearizations that provably
-//! cannot be completed; see [`RegisterSpec`]. Both prunings keep the verdict unchanged (a unit test
-//! cross-checks them against the unpruned search). The search runs in a worker thread with a
-//! deadline and yields [`Verdict::Unknown`] rather than hanging.
+//! The search runs under the checker's own time limit and yields [`Verdict::Unknown`] when it
+//! runs out. When a key is not linearizable, a second search collects the checker's longest
+//! partial linearization, which names the operation the search got stuck on.
 
-use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::rc::Rc;
-use std::sync::mpsc;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
+use porcupine_rs::{CheckResult, Model};
 
 /// A register value. Every written value is unique within a history.
 pub type Value = u64;
@@ -132,7 +129,7 @@ pub fn check(history: &[Operation], cfg: &CheckConfig) -> Report {
     let mut first_unknown = None;
     let mut verdict = Verdict::Linearizable;
     for (key, ops) in &by_key {
-        match check_key(ops, cfg.max_time_per_key, SearchOptions::PRUNED) {
+        match check_key(ops, cfg.max_time_per_key) {
             KeyVerdict::Linearizable => {}
             KeyVerdict::NotLinearizable(detail) => {
                 verdict = Verdict::NotLinearizable { key: (*key).to_string(), detail };
@@ -152,150 +149,58 @@ pub fn check(history: &[Operation], cfg: &CheckConfig) -> Report {
     }
     Report { verdict, keys: by_key.len(), operations: history.len(), indeterminate, elapsed: started.elapsed() }
 }
-
 // ---------------------------------------------------------------------------------------------
-// Sequential specification handed to stateright
+// Sequential specification handed to porcupine-rs
 // ---------------------------------------------------------------------------------------------
 
-/// Operation as seen by the tester: the recorded op plus its rank in invocation order.
+/// Applies `op` to a register and returns what a correct register answers.
+fn apply(value: &mut Option<Value>, op: Op) -> Ret {
+    match op {
+        Op::Read => Ret::Read(*value),
+        Op::Write(v) => {
+            *value = Some(v);
+            Ret::WriteOk
+        }
+        Op::Cas { expect, new } => {
+            if *value == Some(expect) {
+                *value = Some(new);
+                Ret::CasOk
+            } else {
+                Ret::CasFailed
+            }
+        }
+        Op::Delete => Ret::Deleted { existed: value.take().is_some() },
+    }
+}
+
+/// A register `Option<Value>`, initially `None`.
+#[derive(Debug, Clone, Copy)]
+struct RegisterModel;
+
+/// An operation with its recorded return value; `None` (indeterminate) accepts any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SpecOp {
-    id: u32,
+struct ModelOp {
     op: Op,
+    ret: Option<Ret>,
 }
 
-/// Return value as seen by the tester.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SpecRet {
-    Known(Ret),
-    /// Indeterminate outcome: any return value is acceptable.
-    Indeterminate,
-}
+impl Model for RegisterModel {
+    type State = Option<Value>;
+    type Op = ModelOp;
+    type Metadata = ();
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SearchOptions {
-    /// Reject overwriting a value that completed reads or CAS still have to observe.
-    prune_dead_values: bool,
-    /// Order runs of state-preserving operations by invocation rank.
-    canonical_runs: bool,
-    /// Try proving linearizability segment by segment first.
-    segment: bool,
-}
-
-impl SearchOptions {
-    const PRUNED: Self = Self { prune_dead_values: true, canonical_runs: true, segment: true };
-    #[cfg(test)]
-    const PLAIN: Self = Self { prune_dead_values: false, canonical_runs: false, segment: false };
-}
-
-/// Marker payload used to unwind the tester's search when the deadline passes.
-struct SearchCancelled;
-
-/// Data shared by all copies of the specification during one search.
-#[derive(Debug)]
-struct SpecShared {
-    /// Per value: number of determinate operations that observe it (reads returning it, CAS that
-    /// succeeded expecting it). Empty when dead-value pruning is off.
-    observers: HashMap<Value, u32>,
-    canonical_runs: bool,
-    deadline: Instant,
-    steps: Cell<u64>,
-}
-
-/// A register `Option<Value>`, initially `None`, with two sound prunings of the search.
-///
-/// Both rest on facts about every linearization, so rejecting a partial linearization that
-/// violates them never changes the verdict:
-///
-/// * *Dead values.* Written values are unique, so once the register moves away from `Some(u)`,
-///   `u` never comes back. If some completed read of `u` (or successful CAS expecting `u`) is not
-///   yet linearized at that point, the partial linearization cannot be completed. Disabled for a
-///   key whose history writes some value twice.
-/// * *Canonical runs.* Two adjacent operations that both leave the state unchanged (reads, failed
-///   CAS, deletes of an absent value) can be swapped. Swapping them into invocation order never
-///   breaks real-time order (an operation cannot return before an operation invoked earlier is
-///   invoked), so some linearization, if any exists, orders every such run by invocation rank.
-///   Runs in any other order are rejected.
-#[derive(Debug, Clone)]
-struct RegisterSpec {
-    value: Option<Value>,
-    /// Observers of the current value linearized so far.
-    observed: u32,
-    /// Rank of the last operation of the current run of state-preserving operations.
-    run_last: Option<u32>,
-    shared: Rc<SpecShared>,
-}
-
-impl RegisterSpec {
-    fn apply(value: &mut Option<Value>, op: Op) -> Ret {
-        match op {
-            Op::Read => Ret::Read(*value),
-            Op::Write(v) => {
-                *value = Some(v);
-                Ret::WriteOk
-            }
-            Op::Cas { expect, new } => {
-                if *value == Some(expect) {
-                    *value = Some(new);
-                    Ret::CasOk
-                } else {
-                    Ret::CasFailed
-                }
-            }
-            Op::Delete => Ret::Deleted { existed: value.take().is_some() },
-        }
+    fn init() -> Option<Value> {
+        None
     }
 
-    fn check_deadline(&self) {
-        let steps = self.shared.steps.get().wrapping_add(1);
-        self.shared.steps.set(steps);
-        if steps.is_multiple_of(256) && Instant::now() >= self.shared.deadline {
-            // Unwinds through the tester without invoking the panic hook; caught in `run_search`.
-            resume_unwind(Box::new(SearchCancelled));
-        }
+    fn step(state: &Option<Value>, op: &ModelOp) -> (bool, Option<Value>) {
+        let mut next = *state;
+        let actual = apply(&mut next, op.op);
+        (op.ret.is_none_or(|expected| expected == actual), next)
     }
 }
 
-impl SequentialSpec for RegisterSpec {
-    type Op = SpecOp;
-    type Ret = SpecRet;
-
-    fn invoke(&mut self, op: &SpecOp) -> SpecRet {
-        SpecRet::Known(Self::apply(&mut self.value, op.op))
-    }
-
-    fn is_valid_step(&mut self, op: &SpecOp, ret: &SpecRet) -> bool {
-        self.check_deadline();
-        let before = self.value;
-        let actual = Self::apply(&mut self.value, op.op);
-        if let SpecRet::Known(expected) = ret
-            && *expected != actual
-        {
-            return false;
-        }
-        let observes = matches!((ret, actual), (SpecRet::Known(_), Ret::Read(Some(_)) | Ret::CasOk));
-        if observes {
-            self.observed = self.observed.saturating_add(1);
-        }
-        if self.value == before {
-            if self.shared.canonical_runs {
-                if self.run_last.is_some_and(|last| op.id < last) {
-                    return false;
-                }
-                self.run_last = Some(op.id);
-            }
-        } else {
-            if let Some(old) = before
-                && self.observed < self.shared.observers.get(&old).copied().unwrap_or(0)
-            {
-                return false;
-            }
-            self.observed = 0;
-            self.run_last = None;
-        }
-        true
-    }
-}
+type History = Vec<porcupine_rs::Operation<RegisterModel>>;
 
 // ---------------------------------------------------------------------------------------------
 // Per-key check
@@ -309,10 +214,6 @@ struct Rec {
     invoke_ns: u64,
     /// `None` for an indeterminate outcome.
     ret: Option<(Ret, u64)>,
-    /// For an indeterminate operation: if it took effect, it did so before this time, because a
-    /// completed operation returning at this time observed the value it wrote. `u64::MAX` if
-    /// unknown.
-    effect_by_ns: u64,
 }
 
 impl Rec {
@@ -335,23 +236,14 @@ enum KeyVerdict {
     Unknown(String),
 }
 
-enum SearchResult {
-    /// Linearizable, leaving the register with this value in the linearization found.
-    Linearizable(Option<Value>),
-    NotLinearizable,
-    TimedOut,
-    Failed(String),
-}
-
-fn check_key(ops: &[&Operation], budget: Duration, options: SearchOptions) -> KeyVerdict {
+/// Drops indeterminate reads and sorts by invocation; rejects malformed operations.
+fn normalise(ops: &[&Operation]) -> Result<Vec<Rec>, String> {
     let mut recs = Vec::with_capacity(ops.len());
     for o in ops {
         let ret = match &o.outcome {
             Outcome::Ok { ret, return_ns } => {
                 if *return_ns < o.invoke_ns {
-                    return KeyVerdict::Unknown(format!(
-                        "malformed history: operation returns before it is invoked: {o:?}"
-                    ));
+                    return Err(format!("malformed history: operation returns before it is invoked: {o:?}"));
                 }
                 Some((*ret, *return_ns))
             }
@@ -359,284 +251,190 @@ fn check_key(ops: &[&Operation], budget: Duration, options: SearchOptions) -> Ke
             Outcome::Indeterminate if o.op == Op::Read => continue,
             Outcome::Indeterminate => None,
         };
-        recs.push(Rec { process: o.process, op: o.op, invoke_ns: o.invoke_ns, ret, effect_by_ns: u64::MAX });
+        recs.push(Rec { process: o.process, op: o.op, invoke_ns: o.invoke_ns, ret });
     }
     recs.sort_by_key(|r| r.invoke_ns);
-    let deadline = Instant::now() + budget;
-    let mut reduced = None;
-    if options.prune_dead_values && writes_are_unique(&recs) {
-        bound_indeterminate_effects(&mut recs);
-        // Indeterminate writes or CAS whose value nobody observed are left out, i.e. taken as never
-        // taking effect. A linearization of that history extends to the full one by appending
-        // them, so success decides the verdict; failure does not.
-        let is_unobserved = |r: &Rec| r.ret.is_none() && r.effect_by_ns == u64::MAX && r.op != Op::Delete;
-        if recs.iter().any(is_unobserved) {
-            reduced = Some(recs.iter().filter(|r| !is_unobserved(r)).copied().collect::<Vec<_>>());
-        }
-    }
-    let mut result = None;
-    if options.segment {
-        let attempt = reduced.as_deref().unwrap_or(&recs);
-        let segments = segments(attempt);
-        let definitive = reduced.is_none() && segments.len() == 1;
-        match search_segments(&segments, deadline, options) {
-            SearchResult::NotLinearizable if !definitive => {}
-            other => result = Some(other),
-        }
-    }
-    // The search of the whole history decides when the shortcuts above could not.
-    let result = match result {
-        Some(result) => result,
-        None => run_search(&recs, None, deadline, options),
+    Ok(recs)
+}
+
+fn check_key(ops: &[&Operation], budget: Duration) -> KeyVerdict {
+    let started = Instant::now();
+    let recs = match normalise(ops) {
+        Ok(recs) => recs,
+        Err(reason) => return KeyVerdict::Unknown(reason),
     };
-    match result {
-        SearchResult::Linearizable(_) => KeyVerdict::Linearizable,
-        SearchResult::NotLinearizable => KeyVerdict::NotLinearizable(explain_failure(&recs, budget, options)),
-        SearchResult::TimedOut => KeyVerdict::Unknown(format!(
+    let history = to_porcupine(&recs, Encoding::BoundObserved);
+    let timed_out = || {
+        KeyVerdict::Unknown(format!(
             "search did not finish within {budget:?} ({} operations, {} indeterminate)",
             recs.len(),
             recs.iter().filter(|r| r.ret.is_none()).count()
-        )),
-        SearchResult::Failed(reason) => KeyVerdict::Unknown(reason),
-    }
-}
-
-/// Runs the stateright tester on `recs` (sorted by invocation) in a worker thread.
-fn run_search(recs: &[Rec], initial: Option<Value>, deadline: Instant, options: SearchOptions) -> SearchResult {
-    let recs = recs.to_vec();
-    // The tester recurses once per operation.
-    let stack_size = (64 << 20) + recs.len().saturating_mul(4 << 10);
-    let (tx, rx) = mpsc::channel();
-    let spawned = std::thread::Builder::new().name("linearizability-search".to_string()).stack_size(stack_size).spawn(
-        move || {
-            let outcome = catch_unwind(AssertUnwindSafe(|| search(&recs, initial, deadline, options)));
-            let result = match outcome {
-                Ok(result) => result,
-                Err(payload) if payload.is::<SearchCancelled>() => SearchResult::TimedOut,
-                Err(payload) => {
-                    let message = payload
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                        .unwrap_or_default();
-                    SearchResult::Failed(format!("linearizability search panicked: {message}"))
-                }
-            };
-            // The receiver may have given up already; nothing left to do then.
-            let _ = tx.send(result);
-        },
-    );
-    if let Err(e) = spawned {
-        return SearchResult::Failed(format!("cannot spawn search thread: {e}"));
-    }
-    // The search cancels itself at the deadline; the grace period covers one slow step. Should it
-    // still not answer, the thread is left behind rather than blocking the caller.
-    let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(10);
-    match rx.recv_timeout(wait) {
-        Ok(result) => result,
-        Err(_) => SearchResult::TimedOut,
-    }
-}
-
-fn search(recs: &[Rec], initial: Option<Value>, deadline: Instant, options: SearchOptions) -> SearchResult {
-    let mut observers: HashMap<Value, u32> = HashMap::new();
-    if options.prune_dead_values && writes_are_unique(recs) {
-        for r in recs {
-            match (r.op, r.ret) {
-                (Op::Read, Some((Ret::Read(Some(v)), _))) | (Op::Cas { expect: v, .. }, Some((Ret::CasOk, _))) => {
-                    *observers.entry(v).or_default() += 1;
-                }
-                _ => {}
-            }
-        }
-    }
-    let Ok(count) = u32::try_from(recs.len()) else {
-        return SearchResult::Failed("too many operations for one key".to_string());
+        ))
     };
-    let spec = RegisterSpec {
-        value: initial,
-        observed: 0,
-        run_last: None,
-        shared: Rc::new(SpecShared {
-            observers,
-            canonical_runs: options.canonical_runs,
-            deadline,
-            steps: Cell::new(0),
-        }),
+    // Preparing the input counts against the budget; an exhausted budget gives no search at all.
+    let Some(remaining) = budget.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else {
+        return timed_out();
     };
-
-    // Virtual threads: an operation may follow any operation that returned before its invocation
-    // on the same thread, since real time orders them anyway. Reusing threads keeps their number
-    // at the peak concurrency, which the tester's cost grows with. Indeterminate operations occupy
-    // their thread until the time their effect is bounded by, possibly forever.
-    let mut thread_of = vec![0u32; recs.len()];
-    let mut busy_until: Vec<u64> = Vec::new();
-    for (i, r) in recs.iter().enumerate() {
-        let end = r.ret.map_or(r.effect_by_ns, |(_, t)| t);
-        let thread = match busy_until.iter().position(|&t| t < r.invoke_ns) {
-            Some(free) => {
-                busy_until[free] = end;
-                free
-            }
-            None => {
-                busy_until.push(end);
-                busy_until.len() - 1
-            }
-        };
-        thread_of[i] = thread as u32;
-    }
-
-    // Events in real-time order; at equal timestamps invocations come first (ties are concurrent).
-    // Indeterminate operations return after everything else.
-    let mut events: Vec<(u64, bool, u32)> = Vec::with_capacity(recs.len() * 2);
-    for (id, r) in (0..count).zip(recs) {
-        events.push((r.invoke_ns, false, id));
-        events.push((r.ret.map_or(r.effect_by_ns, |(_, t)| t), true, id));
-    }
-    events.sort_unstable();
-
-    let mut tester = LinearizabilityTester::new(spec);
-    for (_, is_return, id) in events {
-        let i = id as usize;
-        let rec = &recs[i];
-        let fed = if is_return {
-            let ret = rec.ret.map_or(SpecRet::Indeterminate, |(ret, _)| SpecRet::Known(ret));
-            tester.on_return(thread_of[i], ret).map(|_| ())
-        } else {
-            tester.on_invoke(thread_of[i], SpecOp { id, op: rec.op }).map(|_| ())
-        };
-        if let Err(e) = fed {
-            return SearchResult::Failed(format!("history rejected by the tester: {e}"));
+    match catch_unwind(AssertUnwindSafe(|| porcupine_rs::check_operations_timeout(&history, remaining))) {
+        Ok(CheckResult::Ok) => KeyVerdict::Linearizable,
+        Ok(CheckResult::Unknown) => timed_out(),
+        Ok(CheckResult::Illegal) => KeyVerdict::NotLinearizable(explain_failure(&recs, &history, budget)),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_default();
+            KeyVerdict::Unknown(format!("linearizability search panicked: {message}"))
         }
-    }
-    match tester.serialized_history() {
-        Some(order) => {
-            let mut value = initial;
-            for (op, _) in &order {
-                RegisterSpec::apply(&mut value, op.op);
-            }
-            SearchResult::Linearizable(value)
-        }
-        None => SearchResult::NotLinearizable,
     }
 }
 
-/// Sets `effect_by_ns` of indeterminate writes and CAS whose value a completed operation observed.
-/// Written values must be unique.
-fn bound_indeterminate_effects(recs: &mut [Rec]) {
+/// How indeterminate writes and CAS are handed to the checker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// Porcupine's own way: every indeterminate operation returns at the end of the history.
+    /// Kept for the tests, which compare it with [`Encoding::BoundObserved`].
+    #[cfg(test)]
+    EndOfHistory,
+    /// As [`Encoding::EndOfHistory`], except that an indeterminate write or CAS whose value a
+    /// completed operation observed returns when the first such observer returns.
+    BoundObserved,
+}
+
+/// Converts `recs` to the checker's operations, index for index. Times become ranks among all
+/// timestamps (ties stay ties); indeterminate operations return after everything else.
+///
+/// With [`Encoding::BoundObserved`] and unique written values, an indeterminate write or CAS of a
+/// value `v` that a completed read (or successful CAS expecting `v`) returning at `t` observed
+/// returns at `t` instead (or at its invocation if that is later). No other operation writes
+/// `v`, so every linearization places it before that observer, hence before `t`: the bound
+/// removes no linearization and adds none, and the verdict is unchanged. It matters for
+/// refutation: an operation pending until the end of the history doubles the configurations
+/// (set of linearized operations, register value) the search must exhaust, and the checker's
+/// memoisation cannot merge them.
+fn to_porcupine(recs: &[Rec], encoding: Encoding) -> History {
     let mut first_observed: HashMap<Value, u64> = HashMap::new();
-    for r in recs.iter() {
-        if let (Op::Read, Some((Ret::Read(Some(v)), t))) | (Op::Cas { expect: v, .. }, Some((Ret::CasOk, t))) =
-            (r.op, r.ret)
-        {
-            let entry = first_observed.entry(v).or_insert(t);
-            *entry = (*entry).min(t);
+    if encoding == Encoding::BoundObserved && writes_are_unique(recs) {
+        for r in recs {
+            if let (Op::Read, Some((Ret::Read(Some(v)), t))) | (Op::Cas { expect: v, .. }, Some((Ret::CasOk, t))) =
+                (r.op, r.ret)
+            {
+                let first = first_observed.entry(v).or_insert(t);
+                *first = (*first).min(t);
+            }
         }
     }
-    for r in recs.iter_mut().filter(|r| r.ret.is_none()) {
-        if let Op::Write(v) | Op::Cas { new: v, .. } = r.op
-            && let Some(&t) = first_observed.get(&v)
-        {
-            r.effect_by_ns = t.max(r.invoke_ns);
-        }
-    }
-}
-
-/// Splits `recs` (sorted by invocation) at instants no operation spans, into segments of at
-/// least `SEGMENT_MIN` operations. Every operation of a segment precedes, in real time, every
-/// operation of the next one.
-fn segments(recs: &[Rec]) -> Vec<&[Rec]> {
-    const SEGMENT_MIN: usize = 200;
-    let mut out = Vec::new();
-    let (mut start, mut busy_until) = (0, 0u64);
-    for (i, r) in recs.iter().enumerate() {
-        if i - start >= SEGMENT_MIN && busy_until < r.invoke_ns {
-            out.push(&recs[start..i]);
-            start = i;
-        }
-        busy_until = busy_until.max(r.ret.map_or(r.effect_by_ns, |(_, t)| t));
-    }
-    out.push(&recs[start..]);
-    out
-}
-
-/// Checks segments one after the other, each starting from the state the linearization found for
-/// the previous one left. Concatenated linearizations are one of the whole history, so success is
-/// definitive. Failure is only definitive for a single segment: another linearization of an
-/// earlier segment might have left a different state.
-fn search_segments(segments: &[&[Rec]], deadline: Instant, options: SearchOptions) -> SearchResult {
-    let mut value = None;
-    for segment in segments {
-        match run_search(segment, value, deadline, options) {
-            SearchResult::Linearizable(end) => value = end,
-            other => return other,
-        }
-    }
-    SearchResult::Linearizable(value)
+    let effect_by = |r: &Rec| match r.op {
+        Op::Write(v) | Op::Cas { new: v, .. } => first_observed.get(&v).map(|&t| t.max(r.invoke_ns)),
+        Op::Read | Op::Delete => None,
+    };
+    let mut times: Vec<u64> = recs.iter().flat_map(|r| [Some(r.invoke_ns), r.ret.map(|(_, t)| t)]).flatten().collect();
+    times.sort_unstable();
+    times.dedup();
+    let rank = |t: u64| times.partition_point(|&x| x < t) as i64;
+    let end_of_history = times.len() as i64;
+    recs.iter()
+        .map(|r| porcupine_rs::Operation {
+            client_id: None,
+            call_time: rank(r.invoke_ns),
+            return_time: match r.ret {
+                Some((_, t)) => rank(t),
+                None => effect_by(r).map_or(end_of_history, rank),
+            },
+            op: ModelOp { op: r.op, ret: r.ret.map(|(ret, _)| ret) },
+            metadata: None,
+        })
+        .collect()
 }
 
 fn writes_are_unique(recs: &[Rec]) -> bool {
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     recs.iter().all(|r| match r.op {
         Op::Write(v) | Op::Cas { new: v, .. } => seen.insert(v),
         Op::Read | Op::Delete => true,
     })
 }
 
-/// Finds the shortest non-linearizable prefix (cut at a return) and describes the operations
-/// around its last return. Operations still pending at the cut count as indeterminate.
-fn explain_failure(recs: &[Rec], budget: Duration, options: SearchOptions) -> String {
-    let deadline = Instant::now() + budget;
+/// Describes why `recs` (known not to be linearizable) fail, from the checker's longest partial
+/// linearization: the operation it gets stuck on is the one returning first among those left
+/// out, since the search backtracks when it reaches the return of an operation it cannot place.
+fn explain_failure(recs: &[Rec], history: &History, budget: Duration) -> String {
+    let started = Instant::now();
+    // The verdict is already known: only the partial linearizations are used (on a timeout the
+    // checker reports `Illegal` with whatever it collected so far).
+    let info = catch_unwind(AssertUnwindSafe(|| porcupine_rs::check_operations_info_timeout(history, budget).1)).ok();
+    let located = started.elapsed() < budget && info.is_some();
+    let longest: Vec<usize> = info
+        .iter()
+        .flat_map(|info| info.partial_linearizations.iter().flatten())
+        .fold(None::<&Vec<usize>>, |best, seq| match best {
+            Some(best) if best.len() >= seq.len() => Some(best),
+            _ => Some(seq),
+        })
+        .cloned()
+        .unwrap_or_default();
+
     let indeterminate = recs.iter().filter(|r| r.ret.is_none()).count();
     let mut out = format!("{} operations ({indeterminate} indeterminate) have no linearization.", recs.len());
-
-    let mut returns: Vec<(u64, usize)> =
-        recs.iter().enumerate().filter_map(|(i, r)| r.ret.map(|(_, t)| (t, i))).collect();
-    returns.sort_unstable();
-    let prefix = |cut: usize| -> Vec<Rec> {
-        let (cut_ns, cut_id) = returns[cut];
-        recs.iter()
-            .enumerate()
-            .filter(|(_, r)| r.invoke_ns <= cut_ns)
-            .filter_map(|(i, r)| match r.ret {
-                Some((_, t)) if (t, i) <= (cut_ns, cut_id) => Some(*r),
-                _ if r.op == Op::Read => None,
-                _ => {
-                    Some(Rec { ret: None, effect_by_ns: if r.ret.is_some() { u64::MAX } else { r.effect_by_ns }, ..*r })
-                }
-            })
-            .collect()
-    };
-    // Invariant: the prefix ending at `returns[hi]` is not linearizable (the whole history is not),
-    // and prefixes ending before `returns[lo]` are.
-    let (mut lo, mut hi) = (0, returns.len().saturating_sub(1));
-    let mut located = true;
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        match run_search(&prefix(mid), None, deadline, options) {
-            SearchResult::NotLinearizable => hi = mid,
-            SearchResult::Linearizable(_) => lo = mid + 1,
-            SearchResult::TimedOut | SearchResult::Failed(_) => {
-                located = false;
-                break;
-            }
+    let mut placed = vec![false; recs.len()];
+    for &i in &longest {
+        if let Some(p) = placed.get_mut(i) {
+            *p = true;
         }
     }
-    let Some(&(cut_ns, culprit)) = returns.get(hi) else {
+    // The checker orders returns by time, then by index.
+    let culprit = history
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| !placed[i])
+        .map(|(i, o)| (o.return_time, i))
+        .min()
+        .map(|(_, i)| i)
+        .or_else(|| recs.len().checked_sub(1));
+    let Some(culprit) = culprit else {
         return out;
     };
     let culprit_rec = recs[culprit];
-    let headline = if located {
-        "The shortest non-linearizable prefix ends with the return of"
-    } else {
-        "Locating the failure ran out of time; the history ends with the return of"
+    let culprit_text = match culprit_rec.ret {
+        Some(_) => culprit_rec.describe(culprit),
+        None => format!(
+            "{} (it must take effect before the first completed operation observing its value returns)",
+            culprit_rec.describe(culprit)
+        ),
     };
+
+    let mut value = None;
+    let mut steps = Vec::with_capacity(longest.len());
+    for &i in &longest {
+        let ret = apply(&mut value, recs[i].op);
+        steps.push((i, ret, value));
+    }
     let _ = write!(
         out,
-        " {headline} {}. Operations overlapping it and the latest ones before it \
-         (process, [invoke .. return] ns, op -> result):",
-        culprit_rec.describe(culprit)
+        " The longest partial linearization {} places {} of them and leaves the register at {value:?}",
+        if located { "found" } else { "found before the time limit" },
+        longest.len()
     );
+    if located {
+        let _ = write!(out, "; no operation left can follow it before {culprit_text} returns.");
+    } else {
+        let _ =
+            write!(out, "; locating the failure ran out of time, the first operation it leaves out is {culprit_text}.");
+    }
+    if !steps.is_empty() {
+        let shown = steps.len().min(8);
+        let _ = write!(out, "\nIts last {shown} steps (operation as linearized -> register value after it):");
+        for &(i, ret, after) in &steps[steps.len() - shown..] {
+            let _ = write!(out, "\n  #{i} {:?} -> {ret:?} => {after:?}", recs[i].op);
+        }
+    }
+    let _ = write!(
+        out,
+        "\nOperations overlapping #{culprit} and the latest ones before it \
+         (process, [invoke .. return] ns, op -> result):"
+    );
+    let cut_ns = culprit_rec.ret.map_or(u64::MAX, |(_, t)| t);
     let overlapping = recs.iter().enumerate().filter(|(i, r)| {
         *i != culprit && r.invoke_ns <= cut_ns && r.ret.is_none_or(|(_, t)| t >= culprit_rec.invoke_ns)
     });
@@ -652,7 +450,13 @@ fn explain_failure(recs: &[Rec], budget: Duration, options: SearchOptions) -> St
     listed.sort_unstable_by_key(|&i| (recs[i].invoke_ns, i));
     listed.dedup();
     for i in listed {
-        let marker = if i == culprit && located { "  <== fails here" } else { "" };
+        let marker = if i == culprit && located {
+            "  <== fails here"
+        } else if placed[i] {
+            "  (linearized)"
+        } else {
+            ""
+        };
         let _ = write!(out, "\n  {}{marker}", recs[i].describe(i));
     }
     out
@@ -741,7 +545,7 @@ pub fn synthetic_history(params: &SyntheticParams) -> Vec<Operation> {
     planned.sort_by_key(|p| (p.effect_ns, p.index));
     let mut registers: Vec<Option<Value>> = vec![None; keys];
     for p in planned.iter().filter(|p| p.applies) {
-        let ret = RegisterSpec::apply(&mut registers[p.key], history[p.index].op);
+        let ret = apply(&mut registers[p.key], history[p.index].op);
         if let Outcome::Ok { ret: recorded, .. } = &mut history[p.index].outcome {
             *recorded = ret;
         }
@@ -1061,7 +865,6 @@ mod tests {
     fn corrupted_synthetic_histories_are_caught() {
         let mut rng = SplitMix64(99);
         for seed in 0..8 {
-            // Refuting needs the unsegmented search, which does not scale (see the module docs).
             let mut history = synthetic_history(&SyntheticParams { processes: 6, keys: 3, ..params(seed, 400) });
             let Some(index) = corrupt_one_read(&mut history, &mut rng) else {
                 panic!("seed {seed}: no read to corrupt");
@@ -1075,10 +878,47 @@ mod tests {
         }
     }
 
-    /// The pruned search must agree with stateright's unpruned search. Small random histories,
-    /// half of them with one random return value altered.
+    /// Reference: exhaustive search without memoisation, independent of `porcupine-rs`. An
+    /// operation may come next iff no operation still to place returned before its invocation.
+    fn plain_search(history: &[Operation]) -> bool {
+        fn go(ops: &[(Op, u64, Option<Ret>, u64)], done: &mut [bool], value: Option<Value>) -> bool {
+            let Some(first_return) = (0..ops.len()).filter(|&i| !done[i]).map(|i| ops[i].3).min() else {
+                return true;
+            };
+            for i in 0..ops.len() {
+                let (op, invoke_ns, ret, _) = ops[i];
+                if done[i] || invoke_ns > first_return {
+                    continue;
+                }
+                let mut next = value;
+                let actual = apply(&mut next, op);
+                if ret.is_some_and(|expected| expected != actual) {
+                    continue;
+                }
+                done[i] = true;
+                let found = go(ops, done, next);
+                done[i] = false;
+                if found {
+                    return true;
+                }
+            }
+            false
+        }
+        let ops: Vec<(Op, u64, Option<Ret>, u64)> = history
+            .iter()
+            .filter_map(|o| match o.outcome {
+                Outcome::Ok { ret, return_ns } => Some((o.op, o.invoke_ns, Some(ret), return_ns)),
+                Outcome::Indeterminate if o.op == Op::Read => None,
+                Outcome::Indeterminate => Some((o.op, o.invoke_ns, None, u64::MAX)),
+            })
+            .collect();
+        go(&ops, &mut vec![false; ops.len()], None)
+    }
+
+    /// porcupine-rs must agree with an exhaustive search. Small random histories, half of them
+    /// with one random return value altered.
     #[test]
-    fn pruned_search_agrees_with_plain_search() {
+    fn porcupine_search_agrees_with_plain_search() {
         let mut rng = SplitMix64(5);
         let (mut valid, mut invalid) = (0, 0);
         for seed in 0..300 {
@@ -1103,17 +943,17 @@ mod tests {
             }
             let ops: Vec<&Operation> = history.iter().collect();
             let budget = Duration::from_secs(30);
-            let pruned = check_key(&ops, budget, SearchOptions::PRUNED);
-            let plain = check_key(&ops, budget, SearchOptions::PLAIN);
-            match (pruned, plain) {
-                (KeyVerdict::Linearizable, KeyVerdict::Linearizable) => valid += 1,
-                (KeyVerdict::NotLinearizable(_), KeyVerdict::NotLinearizable(_)) => invalid += 1,
-                _ => panic!("seed {seed}: pruned and plain searches disagree on {history:#?}"),
+            let recs = normalise(&ops).expect("well-formed history");
+            let unbounded = porcupine_rs::check_operations(&to_porcupine(&recs, Encoding::EndOfHistory));
+            match (check_key(&ops, budget), plain_search(&history), unbounded) {
+                (KeyVerdict::Linearizable, true, true) => valid += 1,
+                (KeyVerdict::NotLinearizable(_), false, false) => invalid += 1,
+                _ => panic!("seed {seed}: porcupine-rs and the plain search disagree on {history:#?}"),
             }
         }
         assert!(valid > 100 && invalid > 30, "valid {valid}, invalid {invalid}");
 
-        // Longer histories, so that the segmented search is exercised too.
+        // Longer histories, beyond the reach of the plain search: every corrupted one is refuted.
         for seed in 0..6 {
             let mut history = synthetic_history(&SyntheticParams {
                 seed,
@@ -1126,46 +966,77 @@ mod tests {
                 panic!("seed {seed}: no read to corrupt");
             }
             let ops: Vec<&Operation> = history.iter().collect();
-            let budget = Duration::from_secs(60);
-            let pruned = check_key(&ops, budget, SearchOptions::PRUNED);
-            let plain = check_key(&ops, budget, SearchOptions::PLAIN);
-            match (seed % 2, pruned, plain) {
-                (0, KeyVerdict::Linearizable, KeyVerdict::Linearizable) => {}
-                (1, KeyVerdict::NotLinearizable(_), KeyVerdict::NotLinearizable(_)) => {}
-                _ => panic!("seed {seed}: unexpected verdicts"),
+            match (seed % 2, check_key(&ops, Duration::from_secs(60))) {
+                (0, KeyVerdict::Linearizable) | (1, KeyVerdict::NotLinearizable(_)) => {}
+                _ => panic!("seed {seed}: unexpected verdict"),
             }
         }
     }
 
-    /// Timings on synthetic valid histories:
+    /// Refutation at the scale of real test runs, out of reach of the stateright-based checker.
+    #[test]
+    fn corrupted_large_synthetic_histories_are_caught() {
+        let mut rng = SplitMix64(17);
+        for seed in 0..3 {
+            let mut history = synthetic_history(&params(seed, 2_000));
+            let Some(index) = corrupt_one_read(&mut history, &mut rng) else {
+                panic!("seed {seed}: no read to corrupt");
+            };
+            let report = check(&history, &cfg());
+            let Verdict::NotLinearizable { key, detail } = &report.verdict else {
+                panic!("seed {seed}: corrupted read #{index} not caught: {report:?}");
+            };
+            assert_eq!(key, &history[index].key);
+            assert!(detail.contains("<== fails here"), "{detail}");
+        }
+    }
+
+    /// Timings on synthetic histories, valid and with one corrupted read:
     /// `cargo test --release -- --ignored --nocapture bench_synthetic`
     #[test]
     #[ignore]
     fn bench_synthetic() {
+        let mut rng = SplitMix64(1234);
         for operations in [2_000, 10_000, 50_000] {
             let history = synthetic_history(&params(42, operations));
             let report = check(&history, &cfg());
             println!(
-                "pruned: {operations:>6} ops, {} keys, {} indeterminate: {:?} in {:?}",
+                "porcupine-rs: {operations:>6} ops, {} keys, {} indeterminate: {:?} in {:?}",
                 report.keys, report.indeterminate, report.verdict, report.elapsed
             );
-        }
-        for operations in [200, 500, 2_000] {
-            let history = synthetic_history(&params(42, operations));
+            let mut corrupted = history.clone();
+            let Some(index) = corrupt_one_read(&mut corrupted, &mut rng) else {
+                panic!("no read to corrupt");
+            };
+            let report = check(&corrupted, &cfg());
+            let outcome = match &report.verdict {
+                Verdict::NotLinearizable { key, detail } => format!(
+                    "NOT linearizable on {key} ({})",
+                    if detail.contains("<== fails here") { "located" } else { "not located" }
+                ),
+                other => format!("{other:?}"),
+            };
+            // The verdict alone, without locating the failure, on the corrupted key.
+            let key_ops: Vec<&Operation> = corrupted.iter().filter(|o| o.key == corrupted[index].key).collect();
+            let recs = normalise(&key_ops).expect("well-formed history");
             let started = Instant::now();
-            let mut by_key: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
-            for o in &history {
-                by_key.entry(&o.key).or_default().push(o);
-            }
-            let mut outcome = "linearizable".to_string();
-            for ops in by_key.values() {
-                match check_key(ops, Duration::from_secs(20), SearchOptions::PLAIN) {
-                    KeyVerdict::Linearizable => {}
-                    KeyVerdict::NotLinearizable(_) => outcome = "NOT linearizable".to_string(),
-                    KeyVerdict::Unknown(reason) => outcome = format!("unknown: {reason}"),
-                }
-            }
-            println!("plain stateright: {operations:>6} ops: {outcome} in {:?}", started.elapsed());
+            let history = to_porcupine(&recs, Encoding::BoundObserved);
+            let result = porcupine_rs::check_operations_timeout(&history, cfg().max_time_per_key);
+            let verdict_only = started.elapsed();
+            println!(
+                "porcupine-rs: {operations:>6} ops, one corrupted read: {outcome} in {:?} \
+                 (verdict alone, {} ops of the key: {result:?} in {verdict_only:?})",
+                report.elapsed,
+                recs.len()
+            );
+            // Porcupine's own encoding of indeterminate operations, for comparison.
+            let budget = Duration::from_secs(30);
+            let started = Instant::now();
+            let result = porcupine_rs::check_operations_timeout(&to_porcupine(&recs, Encoding::EndOfHistory), budget);
+            println!(
+                "  same key, every indeterminate operation returning at the end (limit {budget:?}): {result:?} in {:?}",
+                started.elapsed()
+            );
         }
     }
 }

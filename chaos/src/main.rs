@@ -58,6 +58,10 @@ struct Common {
     /// Write the report as a markdown table here.
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Put the markdown table into this document, between its `chaos-report` markers
+    /// (e.g. docs/reliability.md).
+    #[arg(long)]
+    update_doc: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -86,6 +90,12 @@ async fn main() -> Result<()> {
     }
     if let Some(p) = &common.markdown {
         std::fs::write(p, suite::markdown(&report))?;
+    }
+    if let Some(p) = &common.update_doc {
+        let doc = std::fs::read_to_string(p)?;
+        let updated = suite::replace_section(&doc, &suite::markdown(&report))
+            .ok_or_else(|| anyhow::anyhow!("{} has no chaos-report markers", p.display()))?;
+        std::fs::write(p, updated)?;
     }
     println!("{}", suite::markdown(&report));
     anyhow::ensure!(report.violations() == 0, "{} violation(s)", report.violations());

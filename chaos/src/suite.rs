@@ -167,3 +167,27 @@ pub fn markdown(r: &SuiteReport) -> String {
     }
     out
 }
+
+const START: &str = "<!-- chaos-report:start -->";
+const END: &str = "<!-- chaos-report:end -->";
+
+/// `doc` with the text between its report markers replaced by `section`.
+pub fn replace_section(doc: &str, section: &str) -> Option<String> {
+    let start = doc.find(START)? + START.len();
+    let end = doc[start..].find(END)? + start;
+    Some(format!("{}\n{}{}", &doc[..start], section, &doc[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_goes_between_the_markers_and_replaces_the_old_one() {
+        let doc = format!("intro\n{START}\nold\n{END}\noutro\n");
+        let once = replace_section(&doc, "new\n").unwrap();
+        assert_eq!(once, format!("intro\n{START}\nnew\n{END}\noutro\n"));
+        assert_eq!(replace_section(&once, "new\n").unwrap(), once);
+        assert!(replace_section("no markers", "x").is_none());
+    }
+}

@@ -193,6 +193,11 @@ impl Metrics {
         if let Some(rss) = resident_memory_bytes() {
             self.resident_memory.set(rss as i64);
         }
+        // Counters exist from the start (at 0), so rates and alerts see them before any event.
+        self.replica_repairs.with_label_values(&[g]);
+        for result in ["match", "diverged", "unavailable"] {
+            self.anti_entropy_checks.with_label_values(&[g, result]);
+        }
         let Some(core) = service.try_core() else {
             self.node_info.with_label_values(&[&service.node_id().to_string(), "0", env!("CARGO_PKG_VERSION")]).set(1);
             return;

@@ -37,6 +37,9 @@ pub enum ClusterCommand {
     Remove(RemoveArgs),
     /// Ask the leader to hand leadership to another voter.
     TransferLeader(TransferArgs),
+    /// Checkpoint the log and compare every member's state digest there; exits non-zero when
+    /// the replicas differ or a member cannot answer.
+    Verify,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +79,7 @@ pub async fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
         ClusterCommand::Add(a) => add(&api, a, json).await,
         ClusterCommand::Remove(a) => remove(&api, a, json).await,
         ClusterCommand::TransferLeader(a) => transfer_leader(&api, a, json).await,
+        ClusterCommand::Verify => verify(&api, json).await,
     }
 }
 
@@ -251,6 +255,40 @@ async fn transfer_leader(api: &ApiClient, args: TransferArgs, json: bool) -> any
         None => println!("OK leadership transfer requested"),
     }
     Ok(())
+}
+
+async fn verify(api: &ApiClient, json: bool) -> anyhow::Result<()> {
+    let report: Value = api.send_json(api.request(Method::POST, "/v1/cluster/verify")?).await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        print!("{}", format_verify(&report));
+    }
+    if report["consistent"] != Value::Bool(true) {
+        bail!("replicas are not all equal at checkpoint {}", display_value(&report["index"]));
+    }
+    Ok(())
+}
+
+fn format_verify(r: &Value) -> String {
+    let mut rows = vec![vec!["NODE".to_string(), "RAFT ID".into(), "APPLIED".into(), "DIGEST".into(), "".into()]];
+    let expected = r["digest"].as_str().unwrap_or_default();
+    for m in r["members"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let digest = m["digest"].as_str();
+        let verdict = match digest {
+            Some(d) if d == expected => "ok".to_string(),
+            Some(_) => "DIFFERS".to_string(),
+            None => format!("unavailable: {}", m["error"].as_str().unwrap_or("no answer")),
+        };
+        rows.push(vec![
+            display_value(&m["node_id"]),
+            display_value(&m["raft_id"]),
+            display_value(&m["applied_index"]),
+            digest.unwrap_or("-").to_string(),
+            verdict,
+        ]);
+    }
+    format!("checkpoint {} digest {expected}\n{}", display_value(&r["index"]), render_table(&rows))
 }
 
 /// The JSON body of a success response, or `{}` when the server sent none,

@@ -91,3 +91,36 @@ async fn the_fault_hook_is_off_by_default() {
     let resp = c.http.post(c.url(1, "/v1/debug/corrupt")).json(&json!({"key": "k", "value": "v"})).send().await;
     assert_eq!(resp.unwrap().status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_verify_reports_a_divergence_it_does_not_repair() {
+    // Periodic rounds off: only the operator's `cluster verify` compares the replicas.
+    let c = Cluster::start(3, &["--anti-entropy-interval-ms", "0", "--unsafe-fault-injection"]).await;
+    c.put_ok(1, "a", "1").await;
+    let verify = |id: u64| {
+        let endpoint = c.url(id, "");
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(crate::harness::BIN)
+                    .args(["cluster", "--endpoint", &endpoint, "verify"])
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = verify(1).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout.matches(" ok").count(), 3, "{stdout}");
+
+    let follower = c.follower().await;
+    corrupt(&c, follower, "a").await;
+    let out = verify(1).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a divergence fails the command");
+    assert_eq!(stdout.matches("DIFFERS").count(), 1, "{stdout}");
+    // Nothing repaired it: the follower still holds the damage.
+    assert_eq!(c.value(follower, "a", "stale").await.as_deref(), Some("garbage"));
+}
