@@ -277,57 +277,51 @@ impl Client {
     }
 
     async fn write(&mut self, node: usize, key: &str) {
+        self.put(node, key, None).await;
+    }
+
+    async fn cas(&mut self, node: usize, key: &str) {
+        match self.seen.get(key) {
+            Some(&seen) => self.put(node, key, Some(seen)).await,
+            None => self.read(node, key).await,
+        }
+    }
+
+    /// A write, or with `expect` = the (value, revision) last seen, a compare-and-set.
+    async fn put(&mut self, node: usize, key: &str, expect: Option<(u64, u64)>) {
         let v = self.unique_value();
         let url = format!("{}/v1/kv/{key}", self.nodes[node]);
+        let mut req = self.http.put(url).body(v.to_string());
+        if let Some((_, rev)) = expect {
+            req = req.header("if-match", format!("\"{rev}\""));
+        }
         let invoke_ns = self.rec.now_ns();
-        let answer = self.exchange(self.http.put(url).body(v.to_string())).await;
+        let answer = self.exchange(req).await;
         let return_ns = self.rec.now_ns();
+        let ret = if expect.is_some() { Ret::CasOk } else { Ret::WriteOk };
         let outcome = match answer {
             Answer::Done(200 | 201, _, body) => {
                 if let Some(rev) = revision_of(&body) {
                     self.seen.insert(key.to_string(), (v, rev));
                 }
-                Outcome::Ok { ret: Ret::WriteOk, return_ns }
+                Outcome::Ok { ret, return_ns }
             }
-            Answer::Done(status, _, body) => {
-                self.unexpected(format!("write {key}: {status} {body}"));
-                return;
-            }
-            Answer::NotRun => return,
-            Answer::Unknown => Outcome::Indeterminate,
-        };
-        self.record(key, Op::Write(v), invoke_ns, outcome);
-    }
-
-    async fn cas(&mut self, node: usize, key: &str) {
-        let Some(&(expect, rev)) = self.seen.get(key) else {
-            return self.read(node, key).await;
-        };
-        let new = self.unique_value();
-        let url = format!("{}/v1/kv/{key}", self.nodes[node]);
-        let req = self.http.put(url).header("if-match", format!("\"{rev}\"")).body(new.to_string());
-        let invoke_ns = self.rec.now_ns();
-        let answer = self.exchange(req).await;
-        let return_ns = self.rec.now_ns();
-        let outcome = match answer {
-            Answer::Done(200 | 201, _, body) => {
-                if let Some(rev) = revision_of(&body) {
-                    self.seen.insert(key.to_string(), (new, rev));
-                }
-                Outcome::Ok { ret: Ret::CasOk, return_ns }
-            }
-            Answer::Done(412, _, _) => {
+            Answer::Done(412, _, _) if expect.is_some() => {
                 self.seen.remove(key);
                 Outcome::Ok { ret: Ret::CasFailed, return_ns }
             }
             Answer::Done(status, _, body) => {
-                self.unexpected(format!("cas {key}: {status} {body}"));
+                self.unexpected(format!("put {key}: {status} {body}"));
                 return;
             }
             Answer::NotRun => return,
             Answer::Unknown => Outcome::Indeterminate,
         };
-        self.record(key, Op::Cas { expect, new }, invoke_ns, outcome);
+        let op = match expect {
+            Some((expect, _)) => Op::Cas { expect, new: v },
+            None => Op::Write(v),
+        };
+        self.record(key, op, invoke_ns, outcome);
     }
 
     async fn delete(&mut self, node: usize, key: &str) {
