@@ -85,6 +85,8 @@ pub async fn run(service: Arc<Service>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(period) => {}
         }
         if core.raft.metrics().borrow_watched().current_leader != Some(core.raft_id) {
+            // Only the leader compares; a former leader must not keep reporting old results.
+            service.metrics.replica_divergence.reset();
             continue;
         }
         if let Err(e) = round(&service, &core).await {
