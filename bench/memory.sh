@@ -123,7 +123,9 @@ RAW=$((KEYLEN + VALUE_SIZE))
 
 mkdir -p "$ROOT/bench/results"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-out="$ROOT/bench/results/memory-$stamp$([[ $QUICK == 1 ]] && echo -quick).json"
+suffix=""
+if [[ $QUICK == 1 ]]; then suffix="-quick"; fi
+out="$ROOT/bench/results/memory-$stamp$suffix.json"
 jq -n --arg cmd "bench/memory.sh${ARGS_ORIG:+ $ARGS_ORIG}" --arg date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --arg fk "$("$FERROKV" --version) ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))" \
   --arg kernel "$(uname -sr)" --arg fsync "$FSYNC" --arg nkeys "$NKEYS" \
