@@ -105,6 +105,9 @@ pub async fn put_key(
             ApiError::bad_request("invalid_body", e.body_text())
         }
     })?;
+    // The body may be a slice of the connection's whole read buffer: stored as it is, a 100-byte
+    // value would keep kilobytes alive for as long as the key lives. Store a copy of its own.
+    let value = Bytes::copy_from_slice(&value);
     let content_type = match headers.get(header::CONTENT_TYPE) {
         None => None,
         Some(v) => Some(
