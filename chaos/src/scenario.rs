@@ -124,6 +124,8 @@ pub struct ScenarioReport {
     pub linearizability: String,
     pub check_ms: u64,
     pub violations: Vec<String>,
+    /// Where the history of a run with violations was saved (JSON operations).
+    pub history_file: Option<String>,
 }
 
 impl ScenarioReport {
@@ -243,6 +245,17 @@ pub async fn run(s: Scenario, cfg: &RunConfig) -> Result<ScenarioReport> {
             )
         })
         .count();
+    let mut history_file = None;
+    if !violations.is_empty() {
+        // Keep the evidence: the whole history, to re-check or read.
+        let path =
+            std::env::temp_dir().join(format!("ferrokv-chaos-{}-n{}-seed{}.json", s.name(), cfg.nodes, cfg.seed));
+        match serde_json::to_vec(&history).map(|json| std::fs::write(&path, json)) {
+            Ok(Ok(())) => history_file = Some(path.display().to_string()),
+            Ok(Err(e)) => eprintln!("saving the history to {} failed: {e}", path.display()),
+            Err(e) => eprintln!("encoding the history failed: {e}"),
+        }
+    }
     let first_write = rec.acked_writes_after(rec.at_ns(fault_at));
     Ok(ScenarioReport {
         scenario: s.name(),
@@ -262,6 +275,7 @@ pub async fn run(s: Scenario, cfg: &RunConfig) -> Result<ScenarioReport> {
         linearizability,
         check_ms: check.elapsed.as_millis() as u64,
         violations,
+        history_file,
     })
 }
 
@@ -380,7 +394,7 @@ fn partition(c: &mut Cluster, inj: &mut Injected, sides: &[Vec<usize>], bridges:
     inj.network = true;
     let sides: Vec<String> = sides.iter().map(|s| format!("{s:?}")).collect();
     let bridge = if bridges.is_empty() { String::new() } else { format!(", bridge {bridges:?}") };
-    inj.notes.push(format!("partition {}{bridge}", sides.join(" | ")));
+    inj.notes.push(format!("partition {}{bridge}", sides.join(" / ")));
     Ok(())
 }
 

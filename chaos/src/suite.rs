@@ -24,6 +24,8 @@ pub struct Plan {
     pub seed: u64,
     /// Network run number (1..=250), so two suites on one machine do not collide.
     pub run: u8,
+    /// How long the checker may search one key's history.
+    pub check_budget: Duration,
 }
 
 impl Plan {
@@ -54,6 +56,7 @@ impl Plan {
             settle: Duration::from_secs(3),
             seed: 1,
             run: run_number(),
+            check_budget: Duration::from_secs(20),
         }
     }
 
@@ -67,6 +70,7 @@ impl Plan {
             warmup: Duration::from_secs(3),
             hold: Duration::from_secs(20),
             settle: Duration::from_secs(8),
+            check_budget: Duration::from_secs(120),
             ..Plan::ci(binary)
         }
     }
@@ -107,7 +111,7 @@ pub async fn run(plan: &Plan) -> Result<SuiteReport> {
                 hold: plan.hold,
                 settle: plan.settle,
                 seed,
-                check_budget: Duration::from_secs(20),
+                check_budget: plan.check_budget,
             };
             seed += 1;
             let report = scenario::run(s, &cfg).await?;
@@ -126,6 +130,9 @@ pub async fn run(plan: &Plan) -> Result<SuiteReport> {
             eprintln!("    failures: {:?}", report.failures);
             for v in &report.violations {
                 eprintln!("    VIOLATION: {v}");
+            }
+            if let Some(f) = &report.history_file {
+                eprintln!("    history: {f}");
             }
             runs.push(report);
         }
@@ -158,7 +165,7 @@ pub fn markdown(r: &SuiteReport) -> String {
             run.operations,
             run.acknowledged_writes,
             run.indeterminate,
-            run.faults.join("; "),
+            run.faults.join("; ").replace('|', "/"),
             run.first_write_after_fault_ms.map_or("-".into(), |m| format!("{m} ms")),
             run.converged_ms.map_or("-".into(), |m| format!("{m} ms")),
             run.linearizability,
