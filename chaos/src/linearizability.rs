@@ -25,6 +25,7 @@
 //! runs out. When a key is not linearizable, a second search collects the checker's longest
 //! partial linearization, which names the operation the search got stuck on.
 
+use crate::rng::Rng;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -486,7 +487,7 @@ pub fn synthetic_history(params: &SyntheticParams) -> Vec<Operation> {
         effect_ns: u64,
         applies: bool,
     }
-    let mut rng = SplitMix64(params.seed);
+    let mut rng = Rng::new(params.seed);
     let keys = params.keys.max(1);
     let mut process_ids: Vec<u64> = (0..params.processes.max(1) as u64).collect();
     let mut next_process = process_ids.len() as u64;
@@ -551,27 +552,6 @@ pub fn synthetic_history(params: &SyntheticParams) -> Vec<Operation> {
         }
     }
     history
-}
-
-/// Small deterministic generator (SplitMix64), enough for synthetic histories.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 #[cfg(test)]
@@ -818,7 +798,7 @@ mod tests {
 
     /// Makes one read return a value that was overwritten, in real time, before the read began:
     /// `W(u)` returns before `W'(x)` is invoked, `W'(x)` returns before the read is invoked.
-    fn corrupt_one_read(history: &mut [Operation], rng: &mut SplitMix64) -> Option<usize> {
+    fn corrupt_one_read(history: &mut [Operation], rng: &mut Rng) -> Option<usize> {
         let setter = |o: &Operation| match (o.op, &o.outcome) {
             (Op::Write(v), Outcome::Ok { return_ns, .. }) => Some((v, *return_ns)),
             (Op::Cas { new, .. }, Outcome::Ok { ret: Ret::CasOk, return_ns }) => Some((new, *return_ns)),
@@ -863,7 +843,7 @@ mod tests {
 
     #[test]
     fn corrupted_synthetic_histories_are_caught() {
-        let mut rng = SplitMix64(99);
+        let mut rng = Rng::new(99);
         for seed in 0..8 {
             let mut history = synthetic_history(&SyntheticParams { processes: 6, keys: 3, ..params(seed, 400) });
             let Some(index) = corrupt_one_read(&mut history, &mut rng) else {
@@ -919,7 +899,7 @@ mod tests {
     /// with one random return value altered.
     #[test]
     fn porcupine_search_agrees_with_plain_search() {
-        let mut rng = SplitMix64(5);
+        let mut rng = Rng::new(5);
         let (mut valid, mut invalid) = (0, 0);
         for seed in 0..300 {
             let mut history = synthetic_history(&SyntheticParams {
@@ -976,7 +956,7 @@ mod tests {
     /// Refutation at the scale of real test runs, out of reach of the stateright-based checker.
     #[test]
     fn corrupted_large_synthetic_histories_are_caught() {
-        let mut rng = SplitMix64(17);
+        let mut rng = Rng::new(17);
         for seed in 0..3 {
             let mut history = synthetic_history(&params(seed, 2_000));
             let Some(index) = corrupt_one_read(&mut history, &mut rng) else {
@@ -996,7 +976,7 @@ mod tests {
     #[test]
     #[ignore]
     fn bench_synthetic() {
-        let mut rng = SplitMix64(1234);
+        let mut rng = Rng::new(1234);
         for operations in [2_000, 10_000, 50_000] {
             let history = synthetic_history(&params(42, operations));
             let report = check(&history, &cfg());
