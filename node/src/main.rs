@@ -26,6 +26,9 @@ enum Command {
     Bench(cli::BenchArgs),
 }
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     if let Err(e) = run() {
         cli::print_error(&e);
@@ -36,8 +39,9 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // At least two workers: the OTLP batch exporter and Raft must never starve each other.
+    let workers = std::env::var("FERROKV_WORKER_THREADS").ok().and_then(|v| v.parse::<usize>().ok());
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().max(2)))
+        .worker_threads(workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().max(2))))
         .enable_all()
         .build()?;
     runtime.block_on(async move {

@@ -24,7 +24,7 @@ use crate::service::Service;
 use crate::service::write::Retry;
 use crate::service::write::Route;
 use crate::service::write::decode_forward_reply;
-use crate::state::KvRecord;
+use crate::state::RecordRef;
 use crate::types::DATA_GROUP;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,11 +66,11 @@ pub struct WireRecord {
 }
 
 impl WireRecord {
-    fn new(key: String, rec: &KvRecord, now: u64) -> Self {
+    fn new(rec: &RecordRef<'_>, now: u64) -> Self {
         WireRecord {
-            key,
-            value: rec.value.clone(),
-            content_type: rec.content_type.clone(),
+            key: rec.key.to_string(),
+            value: Bytes::copy_from_slice(rec.value),
+            content_type: rec.content_type.map(String::from),
             create_revision: rec.create_revision,
             mod_revision: rec.mod_revision,
             version: rec.version,
@@ -151,13 +151,11 @@ impl Service {
     pub fn read_local(&self, core: &Core, query: &ReadQuery) -> ReadOutcome {
         let now = now_ms();
         core.sm.read(|sm| match query {
-            ReadQuery::Get { key } => {
-                ReadOutcome::Get(sm.kv.get(key, now).map(|r| WireRecord::new(key.clone(), r, now)))
-            }
+            ReadQuery::Get { key } => ReadOutcome::Get(sm.kv.get(key, now).map(|r| WireRecord::new(&r, now))),
             ReadQuery::Scan { prefix, after, limit } => {
                 let page = sm.kv.scan(prefix, after.as_deref(), *limit, now);
                 ReadOutcome::Scan {
-                    items: page.items.into_iter().map(|(k, r)| WireRecord::new(k, &r, now)).collect(),
+                    items: page.items.iter().map(|(k, r)| WireRecord::new(&r.as_ref(k), now)).collect(),
                     next_after: page.next_after,
                 }
             }

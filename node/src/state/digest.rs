@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::KvRecord;
+use super::RecordRef;
 
 /// A state fingerprint. Printed as 32 hex digits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -53,11 +53,11 @@ impl fmt::Display for Digest {
 
 /// The hash of one record. Every field is length- or presence-prefixed so that no two
 /// different records feed the hasher the same bytes.
-pub fn record_hash(key: &str, rec: &KvRecord) -> u128 {
+pub fn record_hash(rec: &RecordRef<'_>) -> u128 {
     let mut h = Xxh3::new();
-    field(&mut h, Some(key.as_bytes()));
-    field(&mut h, Some(&rec.value));
-    field(&mut h, rec.content_type.as_deref().map(str::as_bytes));
+    field(&mut h, Some(rec.key.as_bytes()));
+    field(&mut h, Some(rec.value));
+    field(&mut h, rec.content_type.map(str::as_bytes));
     h.update(&rec.create_revision.to_le_bytes());
     h.update(&rec.mod_revision.to_le_bytes());
     h.update(&rec.version.to_le_bytes());
@@ -84,13 +84,12 @@ fn field(h: &mut Xxh3, bytes: Option<&[u8]>) {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
 
-    fn rec(value: &str, rev: u64) -> KvRecord {
-        KvRecord {
-            value: Bytes::from(value.to_string()),
+    fn rec<'a>(key: &'a str, value: &'a str, rev: u64) -> RecordRef<'a> {
+        RecordRef {
+            key,
+            value: value.as_bytes(),
             content_type: None,
             create_revision: rev,
             mod_revision: rev,
@@ -101,22 +100,22 @@ mod tests {
 
     #[test]
     fn every_field_changes_the_hash() {
-        let base = rec("v", 1);
-        let h = record_hash("k", &base);
-        assert_ne!(h, record_hash("k2", &base));
-        assert_ne!(h, record_hash("k", &rec("w", 1)));
-        assert_ne!(h, record_hash("k", &KvRecord { content_type: Some(String::new()), ..base.clone() }));
-        assert_ne!(h, record_hash("k", &KvRecord { mod_revision: 2, ..base.clone() }));
-        assert_ne!(h, record_hash("k", &KvRecord { create_revision: 2, ..base.clone() }));
-        assert_ne!(h, record_hash("k", &KvRecord { version: 2, ..base.clone() }));
-        assert_ne!(h, record_hash("k", &KvRecord { expires_at_ms: Some(0), ..base.clone() }));
+        let base = rec("k", "v", 1);
+        let h = record_hash(&base);
+        assert_ne!(h, record_hash(&RecordRef { key: "k2", ..base }));
+        assert_ne!(h, record_hash(&rec("k", "w", 1)));
+        assert_ne!(h, record_hash(&RecordRef { content_type: Some(""), ..base }));
+        assert_ne!(h, record_hash(&RecordRef { mod_revision: 2, ..base }));
+        assert_ne!(h, record_hash(&RecordRef { create_revision: 2, ..base }));
+        assert_ne!(h, record_hash(&RecordRef { version: 2, ..base }));
+        assert_ne!(h, record_hash(&RecordRef { expires_at_ms: Some(0), ..base }));
         // Field boundaries are unambiguous: ("ab","c") differs from ("a","bc").
-        assert_ne!(record_hash("ab", &rec("c", 1)), record_hash("a", &rec("bc", 1)));
+        assert_ne!(record_hash(&rec("ab", "c", 1)), record_hash(&rec("a", "bc", 1)));
     }
 
     #[test]
     fn sum_is_order_independent_and_removal_is_exact() {
-        let (a, b) = (record_hash("a", &rec("1", 1)), record_hash("b", &rec("2", 2)));
+        let (a, b) = (record_hash(&rec("a", "1", 1)), record_hash(&rec("b", "2", 2)));
         let (mut x, mut y) = (Digest::default(), Digest::default());
         x.add(a);
         x.add(b);

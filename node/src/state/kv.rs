@@ -4,50 +4,20 @@
 //! log reach byte-identical states. Time enters only through `now_ms` stamped into commands by
 //! the leader; reads pass their own clock to hide keys whose TTL already ran out.
 
-use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use bytes::Bytes;
-use serde::Deserialize;
-use serde::Serialize;
 
 use crate::command::Command;
 use crate::command::CommandResult;
 use crate::command::Condition;
 use crate::state::digest::Digest;
 use crate::state::digest::record_hash;
+use crate::state::record::RecordRef;
+use crate::state::record::Slot;
 
-/// One stored key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KvRecord {
-    pub value: Bytes,
-    pub content_type: Option<String>,
-    /// Revision (log index) of the write that created the key.
-    pub create_revision: u64,
-    /// Revision (log index) of the last write to the key.
-    pub mod_revision: u64,
-    /// Number of writes since the key was created (1 for a new key).
-    pub version: u64,
-    /// Deadline in ms since the Unix epoch (the leader's clock), if the key has a TTL.
-    pub expires_at_ms: Option<u64>,
-}
-
-impl KvRecord {
-    /// True when the key's TTL has run out at `now_ms`.
-    pub fn is_expired(&self, now_ms: u64) -> bool {
-        self.expires_at_ms.is_some_and(|at| at <= now_ms)
-    }
-
-    /// Remaining time to live in whole seconds (rounded up), if the key has a TTL.
-    pub fn ttl_seconds(&self, now_ms: u64) -> Option<u64> {
-        self.expires_at_ms.map(|at| at.saturating_sub(now_ms).div_ceil(1000))
-    }
-
-    fn approx_bytes(key: &str, rec: &KvRecord) -> u64 {
-        (key.len() + rec.value.len() + rec.content_type.as_ref().map_or(0, String::len) + 40) as u64
-    }
-}
+pub use crate::state::record::KvRecord;
 
 /// A page of a prefix scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,9 +28,10 @@ pub struct ScanPage {
 }
 
 /// The whole key-value state of one group.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct KvState {
-    map: BTreeMap<String, KvRecord>,
+    /// Every key with its record, one packed allocation each, ordered by key.
+    map: BTreeSet<Slot>,
     /// (deadline, key) of every key with a TTL, so expiry is found without a full scan.
     expiries: BTreeSet<(u64, String)>,
     cluster_id: Option<String>,
@@ -69,6 +40,17 @@ pub struct KvState {
     /// Sum of every record's hash (see [`crate::state::digest`]).
     records_digest: Digest,
 }
+
+impl PartialEq for KvState {
+    /// Same cluster id and the same records, byte for byte (slots alone compare by key).
+    fn eq(&self, other: &Self) -> bool {
+        self.cluster_id == other.cluster_id
+            && self.map.len() == other.map.len()
+            && self.map.iter().zip(&other.map).all(|(a, b)| a.bytes() == b.bytes())
+    }
+}
+
+impl Eq for KvState {}
 
 impl KvState {
     /// Apply one committed command at log index `revision`.
@@ -83,15 +65,16 @@ impl KvState {
                     Some(rec) => (false, rec.create_revision, rec.version + 1),
                     None => (true, revision, 1),
                 };
-                let record = KvRecord {
-                    value: value.clone(),
-                    content_type: content_type.clone(),
+                let record = RecordRef {
+                    key,
+                    value,
+                    content_type: content_type.as_deref(),
                     create_revision,
                     mod_revision: revision,
                     version,
                     expires_at_ms: ttl_ms.map(|ttl| now_ms.saturating_add(ttl)),
                 };
-                self.insert(key.clone(), record);
+                self.insert(&record);
                 CommandResult::Put { created, revision, version }
             }
             Command::Delete { key, condition, now_ms } => {
@@ -109,7 +92,7 @@ impl KvState {
             }
             Command::Expire { keys } => {
                 for (key, mod_revision) in keys {
-                    if self.map.get(key).is_some_and(|r| r.mod_revision == *mod_revision) {
+                    if self.record(key).is_some_and(|r| r.mod_revision == *mod_revision) {
                         self.remove(key);
                     }
                 }
@@ -134,8 +117,8 @@ impl KvState {
     /// Replace a key's value on this replica only, keeping its revisions: the state then differs
     /// from every other replica's. Exists solely for fault-injection tests of anti-entropy.
     pub fn overwrite_locally(&mut self, key: &str, value: Bytes) {
-        let record = match self.map.get(key) {
-            Some(rec) => KvRecord { value, ..rec.clone() },
+        let record = match self.record(key) {
+            Some(rec) => KvRecord { value, ..rec.to_record() },
             None => KvRecord {
                 value,
                 content_type: None,
@@ -145,24 +128,25 @@ impl KvState {
                 expires_at_ms: None,
             },
         };
-        self.insert(key.to_string(), record);
+        self.insert(&record.as_ref(key));
     }
 
     /// The record of a key that exists and has not expired at `now_ms`.
-    pub fn get(&self, key: &str, now_ms: u64) -> Option<&KvRecord> {
+    pub fn get(&self, key: &str, now_ms: u64) -> Option<RecordRef<'_>> {
         self.live(key, now_ms)
     }
 
     /// Up to `limit` live keys starting with `prefix`, strictly after `after`, in key order.
     pub fn scan(&self, prefix: &str, after: Option<&str>, limit: usize, now_ms: u64) -> ScanPage {
         let start = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
-            _ => Bound::Included(prefix.to_string()),
+            Some(a) if a >= prefix => Bound::Excluded(a.as_bytes()),
+            _ => Bound::Included(prefix.as_bytes()),
         };
         let mut items = Vec::new();
         let mut more = false;
-        for (k, rec) in self.map.range((start, Bound::Unbounded)) {
-            if !k.starts_with(prefix) {
+        for slot in self.map.range::<[u8], _>((start, Bound::Unbounded)) {
+            let rec = slot.view();
+            if !rec.key.starts_with(prefix) {
                 break;
             }
             if rec.is_expired(now_ms) {
@@ -172,7 +156,7 @@ impl KvState {
                 more = true;
                 break;
             }
-            items.push((k.clone(), rec.clone()));
+            items.push((rec.key.to_string(), rec.to_record()));
         }
         let next_after = if more { items.last().map(|(k, _)| k.clone()) } else { None };
         ScanPage { items, next_after }
@@ -183,7 +167,7 @@ impl KvState {
         self.expiries
             .iter()
             .take_while(|(at, _)| *at <= now_ms)
-            .filter_map(|(_, k)| self.map.get(k).map(|r| (k.clone(), r.mod_revision)))
+            .filter_map(|(_, k)| self.record(k).map(|r| (k.clone(), r.mod_revision)))
             .take(max)
             .collect()
     }
@@ -204,47 +188,88 @@ impl KvState {
         self.approx_bytes
     }
 
-    /// Every record in key order (snapshots, digests).
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &KvRecord)> {
+    /// Every record in key order (digests, tests).
+    pub fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        self.map.iter().map(Slot::view)
+    }
+
+    /// Every record in key order, packed (snapshots).
+    pub(crate) fn slots(&self) -> impl Iterator<Item = &Slot> {
         self.map.iter()
     }
 
     /// Rebuild a state from its parts (snapshot install); derived indexes are recomputed.
     pub fn from_parts(cluster_id: Option<String>, records: impl IntoIterator<Item = (String, KvRecord)>) -> Self {
+        Self::from_slots(cluster_id, records.into_iter().map(|(k, r)| Slot::pack(&r.as_ref(&k))))
+    }
+
+    /// Rebuild a state from packed records; a key given twice keeps its last record.
+    pub(crate) fn from_slots(cluster_id: Option<String>, slots: impl IntoIterator<Item = Slot>) -> Self {
         let mut state = KvState { cluster_id, ..KvState::default() };
-        for (k, r) in records {
-            state.insert(k, r);
+        let slots: Vec<Slot> = slots.into_iter().collect();
+        if slots.windows(2).all(|w| w[0].key() < w[1].key()) {
+            // Already in key order (a snapshot): build the index in bulk, with full nodes.
+            for slot in &slots {
+                state.count(slot);
+            }
+            state.map = slots.into_iter().collect();
+        } else {
+            for slot in slots {
+                state.insert_slot(slot);
+            }
         }
         state
     }
 
-    fn live(&self, key: &str, now_ms: u64) -> Option<&KvRecord> {
-        self.map.get(key).filter(|r| !r.is_expired(now_ms))
+    fn record(&self, key: &str) -> Option<RecordRef<'_>> {
+        self.map.get(key.as_bytes()).map(Slot::view)
     }
 
-    fn insert(&mut self, key: String, record: KvRecord) {
-        self.remove(&key);
-        self.approx_bytes += KvRecord::approx_bytes(&key, &record);
-        self.records_digest.add(record_hash(&key, &record));
-        if let Some(at) = record.expires_at_ms {
-            self.expiries.insert((at, key.clone()));
+    fn live(&self, key: &str, now_ms: u64) -> Option<RecordRef<'_>> {
+        self.record(key).filter(|r| !r.is_expired(now_ms))
+    }
+
+    fn insert(&mut self, record: &RecordRef<'_>) {
+        self.insert_slot(Slot::pack(record));
+    }
+
+    fn insert_slot(&mut self, slot: Slot) {
+        if let Some(old) = self.map.take(slot.key()) {
+            self.forget(&old);
         }
-        self.map.insert(key, record);
+        self.count(&slot);
+        self.map.insert(slot);
+    }
+
+    /// The bookkeeping of a record entering the map.
+    fn count(&mut self, slot: &Slot) {
+        let rec = slot.view();
+        self.approx_bytes += rec.approx_bytes();
+        self.records_digest.add(record_hash(&rec));
+        if let Some(at) = rec.expires_at_ms {
+            self.expiries.insert((at, rec.key.to_string()));
+        }
     }
 
     fn remove(&mut self, key: &str) {
-        if let Some(old) = self.map.remove(key) {
-            self.approx_bytes = self.approx_bytes.saturating_sub(KvRecord::approx_bytes(key, &old));
-            self.records_digest.sub(record_hash(key, &old));
-            if let Some(at) = old.expires_at_ms {
-                self.expiries.remove(&(at, key.to_string()));
-            }
+        if let Some(old) = self.map.take(key.as_bytes()) {
+            self.forget(&old);
+        }
+    }
+
+    /// Undo the bookkeeping of a record that left the map.
+    fn forget(&mut self, old: &Slot) {
+        let old = old.view();
+        self.approx_bytes = self.approx_bytes.saturating_sub(old.approx_bytes());
+        self.records_digest.sub(record_hash(&old));
+        if let Some(at) = old.expires_at_ms {
+            self.expiries.remove(&(at, old.key.to_string()));
         }
     }
 }
 
 /// `Some(ConditionFailed)` when `condition` does not hold for the key's live record.
-fn check(condition: Condition, current: Option<&KvRecord>) -> Option<CommandResult> {
+fn check(condition: Condition, current: Option<RecordRef<'_>>) -> Option<CommandResult> {
     let holds = match condition {
         Condition::None => true,
         Condition::Absent => current.is_none(),
@@ -281,7 +306,7 @@ mod tests {
         );
         let rec = s.get("a", 0).unwrap();
         assert_eq!((rec.create_revision, rec.mod_revision, rec.version), (5, 9, 2));
-        assert_eq!(rec.value, Bytes::from_static(b"2"));
+        assert_eq!(rec.value, b"2");
     }
 
     #[test]
@@ -292,7 +317,7 @@ mod tests {
             s.apply(2, &put("k", "v2", Condition::ModRevision(7), None, 0)),
             CommandResult::ConditionFailed { current_revision: Some(1) }
         );
-        assert_eq!(s.get("k", 0).unwrap().value, Bytes::from_static(b"v1"));
+        assert_eq!(s.get("k", 0).unwrap().value, b"v1");
         assert!(matches!(s.apply(3, &put("k", "v3", Condition::ModRevision(1), None, 0)), CommandResult::Put { .. }));
         assert_eq!(
             s.apply(4, &put("k", "x", Condition::Absent, None, 0)),
@@ -332,7 +357,7 @@ mod tests {
         s.apply(3, &put("u", "w", Condition::None, None, 11_000));
         s.apply(4, &Command::Expire { keys: vec![("t".into(), 1), ("u".into(), 2)] });
         assert!(s.get("t", 0).is_none());
-        assert_eq!(s.get("u", 99_999).unwrap().value, Bytes::from_static(b"w"));
+        assert_eq!(s.get("u", 99_999).unwrap().value, b"w");
         assert!(s.expired(u64::MAX, 10).is_empty());
     }
 
@@ -381,7 +406,7 @@ mod tests {
         s.apply(3, &put("a", "3", Condition::None, None, 0));
         s.apply(4, &Command::SetClusterId { id: "c".into() });
         let rebuilt =
-            KvState::from_parts(s.cluster_id().map(String::from), s.iter().map(|(k, r)| (k.clone(), r.clone())));
+            KvState::from_parts(s.cluster_id().map(String::from), s.iter().map(|r| (r.key.to_string(), r.to_record())));
         assert_eq!(rebuilt.digest(), s.digest());
         // The same writes in another order at other indexes are another state.
         let mut t = KvState::default();
@@ -411,7 +436,7 @@ mod tests {
         s.apply(1, &put("t", "v", Condition::None, Some(5), 0));
         s.apply(2, &put("p", "v", Condition::None, None, 0));
         let rebuilt =
-            KvState::from_parts(s.cluster_id().map(String::from), s.iter().map(|(k, r)| (k.clone(), r.clone())));
+            KvState::from_parts(s.cluster_id().map(String::from), s.iter().map(|r| (r.key.to_string(), r.to_record())));
         assert_eq!(rebuilt, s);
     }
 }

@@ -3,8 +3,11 @@
 
 mod digest;
 mod kv;
+pub(crate) mod record;
 
 pub use digest::Digest;
 pub use kv::KvRecord;
 pub use kv::KvState;
 pub use kv::ScanPage;
+pub use record::RecordRef;
+pub(crate) use record::Slot;

@@ -1027,7 +1027,10 @@ impl Writer {
         }
         self.file.flush()?;
         self.shared.wal_bytes.fetch_add(written, Ordering::Relaxed);
-        if self.options.fsync == FsyncPolicy::Always {
+        // A batch of nothing but committed ids needs no fsync: nobody waits for it, losing it
+        // only means re-applying less after a crash, and the next durable batch covers it.
+        let durable_wanted = batch.iter().any(|r| !matches!(r.done, Completion::None));
+        if self.options.fsync == FsyncPolicy::Always && durable_wanted {
             self.file.get_ref().sync_data()?;
             self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         }

@@ -12,51 +12,47 @@ use std::io::Write;
 use std::path::Path;
 
 use bytes::Bytes;
-use serde::Deserialize;
-use serde::Serialize;
 
 use crate::codec;
-use crate::state::KvRecord;
 use crate::state::KvState;
+use crate::state::Slot;
+use crate::state::record::Reader;
+use crate::state::record::put_varint;
 use crate::types::SnapshotMeta;
 
-const MAGIC: &[u8; 8] = b"FKVSNAP1";
+const MAGIC: &[u8; 8] = b"FKVSNAP2";
 const FILE_NAME: &str = "snapshot.bin";
 
-#[derive(Serialize)]
-struct BodyRef<'a> {
-    cluster_id: Option<&'a str>,
-    records: Records<'a>,
+fn invalid(m: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {m}"))
 }
 
-/// Serializes the map without copying it into a Vec first.
-struct Records<'a>(&'a KvState);
-
-impl Serialize for Records<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter())
-    }
-}
-
-#[derive(Deserialize)]
-struct Body {
-    cluster_id: Option<String>,
-    records: Vec<(String, KvRecord)>,
-}
-
-/// Encode the state machine as snapshot data.
+/// The state as snapshot data: magic, CRC-32 of the body, body. The body is the cluster id
+/// (varint length + 1, 0 for none) followed by every record's packed bytes in key order, each
+/// prefixed by its varint length: the in-memory layout, so encoding is a copy.
 pub fn encode(kv: &KvState) -> io::Result<Bytes> {
-    let body = codec::encode(&BodyRef { cluster_id: kv.cluster_id(), records: Records(kv) })?;
-    let mut out = Vec::with_capacity(body.len() + 12);
+    let body_len: usize = kv.slots().map(|s| s.bytes().len() + 3).sum::<usize>() + 16;
+    let mut out = Vec::with_capacity(body_len + 12);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&[0; 4]);
+    match kv.cluster_id() {
+        Some(id) => {
+            put_varint(&mut out, id.len() as u64 + 1);
+            out.extend_from_slice(id.as_bytes());
+        }
+        None => put_varint(&mut out, 0),
+    }
+    for slot in kv.slots() {
+        put_varint(&mut out, slot.bytes().len() as u64);
+        out.extend_from_slice(slot.bytes());
+    }
+    let crc = crc32fast::hash(&out[12..]);
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
     Ok(Bytes::from(out))
 }
 
-/// Check and decode snapshot data.
-pub fn decode(data: &[u8]) -> io::Result<KvState> {
-    let invalid = |m: &str| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {m}"));
+/// Check magic and checksum; the body on success.
+fn verified_body(data: &[u8]) -> io::Result<&[u8]> {
     if data.len() < 12 || &data[..8] != MAGIC {
         return Err(invalid("bad magic"));
     }
@@ -65,11 +61,31 @@ pub fn decode(data: &[u8]) -> io::Result<KvState> {
     if crc32fast::hash(body) != crc {
         return Err(invalid("checksum mismatch"));
     }
-    let body: Body = codec::decode(body)?;
-    Ok(KvState::from_parts(body.cluster_id, body.records))
+    Ok(body)
 }
 
-/// Persist a snapshot atomically in `dir`.
+pub fn decode(data: &[u8]) -> io::Result<KvState> {
+    let mut r = Reader(verified_body(data)?);
+    let cluster_id = match r.varint().ok_or_else(|| invalid("cluster id length"))? {
+        0 => None,
+        n => {
+            let id = r.take(n - 1).ok_or_else(|| invalid("cluster id"))?;
+            Some(std::str::from_utf8(id).map_err(|_| invalid("cluster id is not UTF-8"))?.to_string())
+        }
+    };
+    let mut slots: Vec<Slot> = Vec::new();
+    while !r.0.is_empty() {
+        let len = r.varint().ok_or_else(|| invalid("record length"))?;
+        let bytes = r.take(len).ok_or_else(|| invalid("record truncated"))?;
+        let slot = Slot::parse(bytes).map_err(invalid)?;
+        if slots.last().is_some_and(|prev| prev.key() >= slot.key()) {
+            return Err(invalid("records out of key order"));
+        }
+        slots.push(slot);
+    }
+    Ok(KvState::from_slots(cluster_id, slots))
+}
+
 pub fn write_file(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
     let meta = codec::encode(meta)?;
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
@@ -85,19 +101,20 @@ pub fn write_file(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()
 }
 
 /// Load the persisted snapshot, if any, verifying its data.
+/// The persisted snapshot, if any, with its magic and checksum verified (not decoded).
 pub fn read_file(dir: &Path) -> io::Result<Option<(SnapshotMeta, Bytes)>> {
     let raw = match fs::read(dir.join(FILE_NAME)) {
-        Ok(raw) => raw,
+        Ok(raw) => Bytes::from(raw),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let invalid = || io::Error::new(io::ErrorKind::InvalidData, "snapshot file truncated");
-    let len_bytes: [u8; 8] = raw.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(invalid)?;
-    let meta_len = u64::from_le_bytes(len_bytes) as usize;
-    let meta_end = 8usize.checked_add(meta_len).filter(|&end| end <= raw.len()).ok_or_else(invalid)?;
+    let truncated = || invalid("file truncated");
+    let len_bytes: [u8; 8] = raw.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(truncated)?;
+    let meta_len = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| truncated())?;
+    let meta_end = 8usize.checked_add(meta_len).filter(|&end| end <= raw.len()).ok_or_else(truncated)?;
     let meta: SnapshotMeta = codec::decode(&raw[8..meta_end])?;
-    let data = Bytes::copy_from_slice(&raw[meta_end..]);
-    decode(&data)?;
+    let data = raw.slice(meta_end..);
+    verified_body(&data)?;
     Ok(Some((meta, data)))
 }
 
@@ -136,6 +153,18 @@ mod tests {
         damaged[last] ^= 0xff;
         assert!(decode(&damaged).is_err());
         assert!(decode(&data[..5]).is_err());
+        // A body whose checksum is right but whose records are not in key order is refused.
+        let a = crate::state::Slot::pack(&crate::state::RecordRef { key: "b", ..kv.iter().next().unwrap() });
+        let b = crate::state::Slot::pack(&crate::state::RecordRef { key: "a", ..kv.iter().next().unwrap() });
+        let mut body = vec![0u8];
+        for slot in [a, b] {
+            put_varint(&mut body, slot.bytes().len() as u64);
+            body.extend_from_slice(slot.bytes());
+        }
+        let mut unordered = MAGIC.to_vec();
+        unordered.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        unordered.extend_from_slice(&body);
+        assert!(decode(&unordered).is_err());
     }
 
     #[test]

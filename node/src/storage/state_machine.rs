@@ -8,7 +8,6 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::RwLock;
 use std::sync::RwLockReadGuard;
 use std::sync::RwLockWriteGuard;
@@ -66,8 +65,9 @@ pub struct SmCounters {
 
 struct Inner {
     data: RwLock<SmData>,
+    /// Holds `snapshot.bin`, the one current snapshot. Its data is not kept in memory: it is
+    /// read back from the file on the rare occasions a peer needs it.
     dir: PathBuf,
-    current: Mutex<Option<(SnapshotMeta, SnapshotData)>>,
     counters: SmCounters,
 }
 
@@ -84,23 +84,17 @@ impl StateMachineStore {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         let mut data = SmData::default();
-        let current = snapshot::read_file(&dir)?;
-        if let Some((meta, bytes)) = &current {
+        if let Some((meta, bytes)) = snapshot::read_file(&dir)? {
             data = SmData {
                 last_applied: meta.last_log_id,
                 last_membership: meta.last_membership.clone(),
-                kv: snapshot::decode(bytes)?,
+                kv: snapshot::decode(&bytes)?,
                 checkpoints: VecDeque::new(),
             };
             tracing::info!(last_log_id = ?meta.last_log_id, keys = data.kv.len(), "restored snapshot");
         }
         Ok(StateMachineStore {
-            inner: Arc::new(Inner {
-                data: RwLock::new(data),
-                dir,
-                current: Mutex::new(current),
-                counters: SmCounters::default(),
-            }),
+            inner: Arc::new(Inner { data: RwLock::new(data), dir, counters: SmCounters::default() }),
         })
     }
 
@@ -150,11 +144,6 @@ impl StateMachineStore {
         self.inner.data.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set_current(&self, meta: SnapshotMeta, data: SnapshotData) {
-        let mut cur = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
-        *cur = Some((meta, data));
-    }
-
     /// Persist snapshot data off the async runtime (it may be large).
     async fn persist(&self, meta: SnapshotMeta, data: SnapshotData) -> io::Result<()> {
         let dir = self.inner.dir.clone();
@@ -174,7 +163,6 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             (meta, snapshot::encode(&sm.kv)?)
         };
         self.persist(meta.clone(), data.clone()).await?;
-        self.set_current(meta.clone(), data.clone());
         self.inner.counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: data })
@@ -241,14 +229,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 checkpoints: VecDeque::new(),
             };
         }
-        self.set_current(meta.clone(), data);
         self.inner.counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let cur = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(cur.as_ref().map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: data.clone() }))
+        let dir = self.inner.dir.clone();
+        let current =
+            tokio::task::spawn_blocking(move || snapshot::read_file(&dir)).await.map_err(io::Error::other)??;
+        Ok(current.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
     }
 }
