@@ -91,14 +91,15 @@ pub async fn serve(
 
 /// Count and time every request by its route template (not the raw path: keys are unbounded).
 async fn track(State(service): State<AppState>, req: Request, next: Next) -> Response {
-    let route =
-        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = req.method().as_str().to_string();
+    // Both are cheap clones (a shared string and a method enum), not fresh allocations.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let start = Instant::now();
     let resp = next.run(req).await;
     let m = &service.metrics;
-    m.http_duration.with_label_values(&[&route, &method]).observe(start.elapsed().as_secs_f64());
-    m.http_requests.with_label_values(&[&route, &method, resp.status().as_str()]).inc();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    m.http_duration.with_label_values(&[route, method.as_str()]).observe(start.elapsed().as_secs_f64());
+    m.http_requests.with_label_values(&[route, method.as_str(), resp.status().as_str()]).inc();
     resp
 }
 
