@@ -379,7 +379,7 @@ prefix="$ROOT/bench/results/compare-$stamp-$MODE"
 [[ $QUICK == 1 ]] && prefix+="-quick"
 jq -n --arg cmd "bench/compare.sh${ARGS_ORIG:+ $ARGS_ORIG}" --arg date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --arg cpu "$cpu" --arg cores "$(nproc)" --arg memory "$mem" --arg kernel "$(uname -sr)" \
-  --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg) (shared machine: other jobs were running)" \
+  --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min)" \
   --arg fk "$("$FERROKV" --version 2>/dev/null || echo '?') ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))" \
   --arg etcd "$(etcd --version | head -n1 | sed 's/etcd Version: //')" \
   --arg redis "$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')" \

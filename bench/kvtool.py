@@ -228,6 +228,10 @@ def render_targets(agg, concs):
             add("%s @%d: ferrokv/etcd throughput" % (label, hi), "%.2f×" % r, "≥ 5×", r >= 5)
 
     thr("put", "writes")
+    f, e = g("ferrokv", "put", hi), g("etcd", "put", hi)
+    if f and e and e["p99_us"]:
+        r = f["p99_us"] / e["p99_us"]
+        add("writes @%d: p99 ferrokv/etcd" % hi, "%.2f" % r, "≤ 1", r <= 1)
     thr("get", "linearizable reads")
     if 1 in concs:
         for wl, label in [("put", "write"), ("get", "linearizable read")]:

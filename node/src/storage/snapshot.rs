@@ -14,6 +14,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use crate::codec;
+use crate::state::KvRecord;
 use crate::state::KvState;
 use crate::state::Slot;
 use crate::state::record::Reader;
@@ -21,6 +22,15 @@ use crate::state::record::put_varint;
 use crate::types::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"FKVSNAP2";
+/// The first layout (postcard of the cluster id and `(key, record)` pairs): still read, so a
+/// node restarted on a newer binary loads the snapshot an older one wrote.
+const MAGIC_V1: &[u8; 8] = b"FKVSNAP1";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BodyV1 {
+    cluster_id: Option<String>,
+    records: Vec<(String, KvRecord)>,
+}
 const FILE_NAME: &str = "snapshot.bin";
 
 fn invalid(m: impl std::fmt::Display) -> io::Error {
@@ -53,7 +63,7 @@ pub fn encode(kv: &KvState) -> io::Result<Bytes> {
 
 /// Check magic and checksum; the body on success.
 fn verified_body(data: &[u8]) -> io::Result<&[u8]> {
-    if data.len() < 12 || &data[..8] != MAGIC {
+    if data.len() < 12 || (&data[..8] != MAGIC && &data[..8] != MAGIC_V1) {
         return Err(invalid("bad magic"));
     }
     let crc = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
@@ -65,7 +75,12 @@ fn verified_body(data: &[u8]) -> io::Result<&[u8]> {
 }
 
 pub fn decode(data: &[u8]) -> io::Result<KvState> {
-    let mut r = Reader(verified_body(data)?);
+    let body = verified_body(data)?;
+    if data.starts_with(MAGIC_V1) {
+        let v1: BodyV1 = codec::decode(body)?;
+        return Ok(KvState::from_parts(v1.cluster_id, v1.records));
+    }
+    let mut r = Reader(body);
     let cluster_id = match r.varint().ok_or_else(|| invalid("cluster id length"))? {
         0 => None,
         n => {
@@ -165,6 +180,21 @@ mod tests {
         unordered.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         unordered.extend_from_slice(&body);
         assert!(decode(&unordered).is_err());
+    }
+
+    #[test]
+    fn first_layout_is_still_read() {
+        let kv = sample();
+        let v1 = BodyV1 {
+            cluster_id: kv.cluster_id().map(String::from),
+            records: kv.iter().map(|r| (r.key.to_string(), r.to_record())).collect(),
+        };
+        let body = codec::encode(&v1).unwrap();
+        let mut data = MAGIC_V1.to_vec();
+        data.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        data.extend_from_slice(&body);
+        assert_eq!(decode(&data).unwrap(), kv);
+        assert_eq!(decode(&data).unwrap().digest(), kv.digest());
     }
 
     #[test]
