@@ -24,7 +24,7 @@ use crate::service::Service;
 use crate::service::write::Retry;
 use crate::service::write::Route;
 use crate::service::write::decode_forward_reply;
-use crate::state::RecordRef;
+use crate::state::KvRecord;
 use crate::types::DATA_GROUP;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,15 +66,17 @@ pub struct WireRecord {
 }
 
 impl WireRecord {
-    fn new(rec: &RecordRef<'_>, now: u64) -> Self {
+    /// Takes the record as it is (scan pages are already copies): the value is not copied again.
+    fn new(key: String, rec: KvRecord, now: u64) -> Self {
+        let ttl_seconds = rec.as_ref(&key).ttl_seconds(now);
         WireRecord {
-            key: rec.key.to_string(),
-            value: Bytes::copy_from_slice(rec.value),
-            content_type: rec.content_type.map(String::from),
+            key,
+            value: rec.value,
+            content_type: rec.content_type,
             create_revision: rec.create_revision,
             mod_revision: rec.mod_revision,
             version: rec.version,
-            ttl_seconds: rec.ttl_seconds(now),
+            ttl_seconds,
         }
     }
 }
@@ -151,11 +153,13 @@ impl Service {
     pub fn read_local(&self, core: &Core, query: &ReadQuery) -> ReadOutcome {
         let now = now_ms();
         core.sm.read(|sm| match query {
-            ReadQuery::Get { key } => ReadOutcome::Get(sm.kv.get(key, now).map(|r| WireRecord::new(&r, now))),
+            ReadQuery::Get { key } => {
+                ReadOutcome::Get(sm.kv.get(key, now).map(|r| WireRecord::new(key.clone(), r.to_record(), now)))
+            }
             ReadQuery::Scan { prefix, after, limit } => {
                 let page = sm.kv.scan(prefix, after.as_deref(), *limit, now);
                 ReadOutcome::Scan {
-                    items: page.items.iter().map(|(k, r)| WireRecord::new(&r.as_ref(k), now)).collect(),
+                    items: page.items.into_iter().map(|(k, r)| WireRecord::new(k, r, now)).collect(),
                     next_after: page.next_after,
                 }
             }
