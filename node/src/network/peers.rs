@@ -64,8 +64,15 @@ impl PeerPool {
 }
 
 /// True when a failed call certainly never reached the peer (the connection could not be
-/// made), so it is safe to retry even a non-idempotent request elsewhere.
+/// made, or it closed while the request still waited to be sent: hyper reports that as
+/// "canceled"), so it is safe to retry even a non-idempotent request elsewhere.
 pub fn is_connect_error(status: &tonic::Status) -> bool {
+    // tonic turns hyper's "canceled" (the request was still queued for a connection that
+    // closed) into CANCELLED with hyper's message; a stream the server reset arrives as
+    // CANCELLED too, but with an "h2 protocol error" message, and may have been processed.
+    if status.code() == tonic::Code::Cancelled {
+        return status.message().starts_with("operation was canceled");
+    }
     if status.code() != tonic::Code::Unavailable {
         return false;
     }
@@ -84,4 +91,19 @@ pub fn is_connect_error(status: &tonic::Status) -> bool {
         source = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_calls_that_never_left_count_as_connect_errors() {
+        // What tonic makes of hyper's "canceled": the request never left the queue.
+        assert!(is_connect_error(&tonic::Status::cancelled("operation was canceled: connection closed")));
+        // A stream reset by the server: it may have been processed.
+        assert!(!is_connect_error(&tonic::Status::cancelled("h2 protocol error: stream reset")));
+        assert!(!is_connect_error(&tonic::Status::unavailable("error reading a body from connection")));
+        assert!(!is_connect_error(&tonic::Status::internal("operation was canceled")));
+    }
 }
