@@ -20,6 +20,7 @@ use openraft::error::StreamingError;
 use openraft::error::Timeout;
 use openraft::error::Unreachable;
 use openraft::network::RPCOption;
+use openraft::network::stream_append_sequential;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
@@ -141,6 +142,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
+        // A stream of exactly one request is a heartbeat (openraft sends each as its own
+        // stream). One unary call costs both ends far less than opening a gRPC stream, and on
+        // the follower a stream also spawns a task; heartbeats are what confirm every
+        // linearizable read, so they are frequent under read load.
+        if input.size_hint() == (1, Some(1)) {
+            return stream_append_sequential(self, input, option);
+        }
         Box::pin(async move {
             let (group_id, target) = (self.group, self.target);
             let mut client = self.client()?;
