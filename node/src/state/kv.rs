@@ -234,20 +234,25 @@ impl KvState {
     }
 
     fn insert_slot(&mut self, slot: Slot) {
-        if let Some(old) = self.map.take(slot.key()) {
+        let entering = Bookkeeping::of(&slot);
+        // One search of the map replaces the old record, if any, with the new one.
+        if let Some(old) = self.map.replace(slot) {
             self.forget(&old);
         }
-        self.count(&slot);
-        self.map.insert(slot);
+        // After `forget`: the old record's expiry entry may be the very one the new record adds.
+        self.add(entering);
     }
 
     /// The bookkeeping of a record entering the map.
     fn count(&mut self, slot: &Slot) {
-        let rec = slot.view();
-        self.approx_bytes += rec.approx_bytes();
-        self.records_digest.add(record_hash(&rec));
-        if let Some(at) = rec.expires_at_ms {
-            self.expiries.insert((at, rec.key.to_string()));
+        self.add(Bookkeeping::of(slot));
+    }
+
+    fn add(&mut self, entering: Bookkeeping) {
+        self.approx_bytes += entering.approx_bytes;
+        self.records_digest.add(entering.hash);
+        if let Some(expiry) = entering.expiry {
+            self.expiries.insert(expiry);
         }
     }
 
@@ -264,6 +269,24 @@ impl KvState {
         self.records_digest.sub(record_hash(&old));
         if let Some(at) = old.expires_at_ms {
             self.expiries.remove(&(at, old.key.to_string()));
+        }
+    }
+}
+
+/// What a record adds to the state's derived figures and indexes when it enters the map.
+struct Bookkeeping {
+    approx_bytes: u64,
+    hash: u128,
+    expiry: Option<(u64, String)>,
+}
+
+impl Bookkeeping {
+    fn of(slot: &Slot) -> Self {
+        let rec = slot.view();
+        Bookkeeping {
+            approx_bytes: rec.approx_bytes(),
+            hash: record_hash(&rec),
+            expiry: rec.expires_at_ms.map(|at| (at, rec.key.to_string())),
         }
     }
 }
@@ -428,6 +451,27 @@ mod tests {
         diverged.overwrite_locally("a", Bytes::from_static(b"X"));
         assert_ne!(diverged.digest(), s.digest());
         assert_eq!(diverged.get("a", 0).unwrap().mod_revision, 1, "revisions are kept");
+    }
+
+    #[test]
+    fn replacing_a_record_keeps_its_bookkeeping_exact() {
+        let mut s = KvState::default();
+        s.apply(1, &put("t", "v1", Condition::None, Some(50), 100));
+        s.apply(2, &put("p", "long value", Condition::None, None, 0));
+        // Same key, same deadline: the expiry entry the old record leaves is the one the new adds.
+        s.overwrite_locally("t", Bytes::from_static(b"v2"));
+        assert_eq!(s.expired(150, 10), vec![("t".to_string(), 1)]);
+        // Same key, a new deadline and a shorter value.
+        s.apply(3, &put("p", "s", Condition::None, Some(10), 100));
+        assert_eq!(s.expired(110, 10), vec![("p".to_string(), 3)]);
+        let rebuilt =
+            KvState::from_parts(s.cluster_id().map(String::from), s.iter().map(|r| (r.key.to_string(), r.to_record())));
+        assert_eq!(s.approx_bytes(), rebuilt.approx_bytes());
+        assert_eq!(s.digest(), rebuilt.digest());
+        assert_eq!(s.expired(u64::MAX, 10), rebuilt.expired(u64::MAX, 10));
+        s.apply(4, &Command::Delete { key: "t".into(), condition: Condition::None, now_ms: 0 });
+        s.apply(5, &Command::Delete { key: "p".into(), condition: Condition::None, now_ms: 0 });
+        assert_eq!((s.approx_bytes(), s.expired(u64::MAX, 10)), (0, vec![]));
     }
 
     #[test]
