@@ -28,12 +28,3 @@ pub async fn not_found() -> ApiError {
 pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
     ApiError::new(405, "method_not_allowed", format!("{method} is not supported on this endpoint"))
 }
-
-/// The answer when the node sheds load (too many requests in flight).
-pub async fn overloaded(err: tower::BoxError) -> ApiError {
-    if err.is::<tower::load_shed::error::Overloaded>() {
-        ApiError::unavailable("overloaded", "too many requests in flight on this node; retry shortly")
-    } else {
-        ApiError::internal(err.to_string())
-    }
-}

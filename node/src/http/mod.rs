@@ -4,23 +4,16 @@
 mod cluster;
 mod debug;
 mod error;
+mod gate;
 mod health;
 mod kv;
 mod params;
 
 use std::sync::Arc;
 use std::time::Duration;
-use std::time::Instant;
-
-use axum::error_handling::HandleErrorLayer;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::MatchedPath;
-use axum::extract::Request;
-use axum::extract::State;
-use axum::middleware::Next;
-use axum::response::Response;
 use axum::routing::get;
 use axum::routing::post;
 use tokio::net::TcpListener;
@@ -58,18 +51,17 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(error::not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
-        // A client that stops sending its body mid-way cannot hold a request open forever.
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_secs(30)))
-        // Beyond this many requests in flight the node answers 503 `overloaded` at once
-        // instead of queueing without bound.
+        // One `layer` call for the whole stack: axum boxes and clones every layer it is given
+        // separately for each request.
         .layer(
             tower::ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(error::overloaded))
-                .layer(tower::load_shed::LoadShedLayer::new())
-                .layer(tower::limit::ConcurrencyLimitLayer::new(max_in_flight)),
+                // Beyond `max_in_flight` requests the node answers 503 `overloaded` at once instead
+                // of queueing without bound; every request is counted and timed by its route.
+                .layer(gate::GateLayer::new(service.metrics.clone(), max_in_flight))
+                // A client that stops sending its body mid-way cannot hold a request open forever.
+                .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_secs(30)))
+                .layer(DefaultBodyLimit::max(body_limit)),
         )
-        .layer(axum::middleware::from_fn_with_state(service.clone(), track))
         .with_state(service)
 }
 
@@ -87,20 +79,6 @@ pub async fn serve(
         }
     });
     axum::serve(listener, router(service)).with_graceful_shutdown(shutdown).await
-}
-
-/// Count and time every request by its route template (not the raw path: keys are unbounded).
-async fn track(State(service): State<AppState>, req: Request, next: Next) -> Response {
-    // Both are cheap clones (a shared string and a method enum), not fresh allocations.
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let method = req.method().clone();
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    let m = &service.metrics;
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    m.http_duration.with_label_values(&[route, method.as_str()]).observe(start.elapsed().as_secs_f64());
-    m.http_requests.with_label_values(&[route, method.as_str(), resp.status().as_str()]).inc();
-    resp
 }
 
 type ApiResult<T> = Result<T, ApiError>;
