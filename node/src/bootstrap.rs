@@ -295,7 +295,7 @@ async fn open_core(service: &Service, raft_id: RaftId) -> anyhow::Result<Arc<Cor
     let log = LogStore::open(&cfg.data_dir.join("raft"), cfg.fsync).context("opening the Raft log")?;
     let sm = StateMachineStore::open(cfg.data_dir.join("sm")).context("opening the state machine")?;
     let config = Arc::new(cfg.raft_config().context("raft configuration")?);
-    let network = NetworkFactory::new(service.pool.clone(), DATA_GROUP);
+    let network = NetworkFactory::new(service.pool.clone(), DATA_GROUP, cfg.replication_window as usize);
     let raft = Raft::new(raft_id, config, network, log.clone(), sm.clone()).await.context("starting Raft")?;
     // No wait for recovery here: the log store persists `committed`, so openraft re-applies
     // the committed tail on start-up and a restarted node never serves older state. Waiting

@@ -46,6 +46,11 @@ pub struct ServeArgs {
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, env = "FERROKV_HEARTBEAT_MS", default_value_t = 100)]
     pub heartbeat_ms: u64,
+    /// AppendEntries requests in flight to each follower. With 1 the next batch leaves when the
+    /// previous one is acknowledged, carrying everything appended meanwhile: fewer, larger
+    /// requests and fsyncs on the followers under load, no wait for a lone write.
+    #[arg(long, env = "FERROKV_REPLICATION_WINDOW", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub replication_window: u32,
     /// Minimum election timeout in milliseconds (the maximum is twice this).
     #[arg(long, env = "FERROKV_ELECTION_TIMEOUT_MS", default_value_t = 500)]
     pub election_timeout_ms: u64,

@@ -2,6 +2,7 @@
 //! and whole snapshots as a client stream of chunks.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +35,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::network::PeerPool;
+use crate::network::window::Window;
 use crate::types::GroupId;
 use crate::types::Member;
 use crate::types::RaftId;
@@ -50,11 +52,13 @@ const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 pub struct NetworkFactory {
     pool: PeerPool,
     group: GroupId,
+    /// AppendEntries requests in flight per replication stream (see [`Window`]).
+    window: usize,
 }
 
 impl NetworkFactory {
-    pub fn new(pool: PeerPool, group: GroupId) -> Self {
-        NetworkFactory { pool, group }
+    pub fn new(pool: PeerPool, group: GroupId, window: usize) -> Self {
+        NetworkFactory { pool, group, window }
     }
 }
 
@@ -62,7 +66,13 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: RaftId, node: &Member) -> PeerClient {
-        PeerClient { pool: self.pool.clone(), group: self.group, target, addr: node.grpc_addr.clone() }
+        PeerClient {
+            pool: self.pool.clone(),
+            group: self.group,
+            target,
+            addr: node.grpc_addr.clone(),
+            window: self.window,
+        }
     }
 }
 
@@ -72,6 +82,7 @@ pub struct PeerClient {
     group: GroupId,
     target: RaftId,
     addr: String,
+    window: usize,
 }
 
 type Rpc<T> = Result<T, RPCError<TypeConfig>>;
@@ -152,22 +163,31 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         Box::pin(async move {
             let (group_id, target) = (self.group, self.target);
             let mut client = self.client()?;
-            // Encoding these structs cannot fail; if it ever did, the empty payload is refused by
-            // the peer, the stream ends with an error and openraft restarts replication.
-            let requests = input.map(move |rpc| RaftRequest {
-                group_id,
-                target,
-                payload: Bytes::from(codec::encode(&rpc).unwrap_or_default()),
+            let window = Arc::new(Window::new(self.window));
+            let sender = window.clone();
+            // The next request is only asked of openraft once the window has room, so that it
+            // carries every entry appended while the earlier ones were in flight.
+            let requests = futures::stream::unfold((input, sender), move |(mut input, window)| async move {
+                window.ready().await;
+                let rpc = input.next().await?;
+                window.sent();
+                // Encoding these structs cannot fail; if it ever did, the empty payload is refused
+                // by the peer, the stream ends with an error and openraft restarts replication.
+                let payload = Bytes::from(codec::encode(&rpc).unwrap_or_default());
+                Some((RaftRequest { group_id, target, payload }, (input, window)))
             });
-            let opened = tokio::time::timeout(option.soft_ttl(), client.stream_append(requests)).await;
+            let opened = tokio::time::timeout(option.soft_ttl(), client.stream_append(Box::pin(requests))).await;
             let replies = match opened {
                 Err(_) => return Err(self.timeout(option.soft_ttl())),
                 Ok(Err(status)) => return Err(status_to_rpc(status)),
                 Ok(Ok(r)) => r.into_inner(),
             };
-            let results = replies.map(|item| match item {
-                Ok(reply) => codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e))),
-                Err(status) => Err(status_to_rpc(status)),
+            let results = replies.map(move |item| {
+                window.answered();
+                match item {
+                    Ok(reply) => codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e))),
+                    Err(status) => Err(status_to_rpc(status)),
+                }
             });
             Ok(Box::pin(results) as BoxStream<'s, _>)
         })

@@ -3,6 +3,7 @@
 
 mod client;
 pub(crate) mod peers;
+mod window;
 
 pub use client::NetworkFactory;
 pub use peers::PeerPool;
