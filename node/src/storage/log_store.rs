@@ -126,6 +126,10 @@ const FORMAT_VERSION: u8 = 1;
 const HEADER_LEN: u64 = 8;
 /// Compaction writes the new file in chunks of about this size.
 const COMPACTION_CHUNK: usize = 1 << 20;
+/// One read for replication returns at most this many bytes of entries (as stored; always at
+/// least one entry). An AppendEntries request then stays far below the 64 MiB gRPC message
+/// limit even when openraft asks for its 512 entries and every value is of the largest size.
+const REPLICATION_READ_BYTES: u64 = 16 << 20;
 
 /// When the writer thread makes records durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -718,10 +722,33 @@ impl RaftLogReader<TypeConfig> for LogStore {
         Ok(state.entries.range(range).map(|(_, stored)| stored.entry.clone()).collect())
     }
 
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        self.check_usable()?;
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        Ok(read_limited(&self.state().entries, start, end, REPLICATION_READ_BYTES))
+    }
+
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
         self.check_usable()?;
         Ok(self.state().vote)
     }
+}
+
+/// The entries of `[start, end)` from the first on, while their stored sizes add up to at most
+/// `max_bytes`; the first entry is always included, so a non-empty range gives a non-empty read.
+fn read_limited(entries: &BTreeMap<u64, Stored>, start: u64, end: u64, max_bytes: u64) -> Vec<Entry> {
+    let mut bytes = 0u64;
+    let mut out = Vec::new();
+    for stored in entries.range(start..end).map(|(_, stored)| stored) {
+        bytes = bytes.saturating_add(stored.size);
+        if bytes > max_bytes && !out.is_empty() {
+            break;
+        }
+        out.push(stored.entry.clone());
+    }
+    out
 }
 
 /// Whether `range` can contain an index at all (false for inverted or empty ranges).
@@ -1306,6 +1333,28 @@ mod tests {
         store.close();
         let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
         assert_eq!(observe(&mut store).await, before);
+    }
+
+    #[tokio::test]
+    async fn replication_reads_are_bounded_in_bytes_but_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path(), FsyncPolicy::Never).unwrap();
+        append(&mut store, (1..=6).map(|i| put_entry(1, i, 1000)).collect()).await;
+        let indexes = |v: Vec<Entry>| v.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+        {
+            let state = store.state();
+            let size = state.entries.values().next().unwrap().size;
+            // Room for two and a half entries: two are returned, in order from `start`.
+            assert_eq!(indexes(read_limited(&state.entries, 2, 7, size * 5 / 2)), vec![2, 3]);
+            // An entry larger than the whole budget still goes, alone: the read is never empty.
+            assert_eq!(indexes(read_limited(&state.entries, 4, 7, 1)), vec![4]);
+            // A budget above the range's size returns all of it and nothing past `end`.
+            assert_eq!(indexes(read_limited(&state.entries, 1, 4, u64::MAX)), vec![1, 2, 3]);
+            assert!(read_limited(&state.entries, 7, 9, u64::MAX).is_empty());
+        }
+        // Through the trait: small entries are not limited, an empty range reads nothing.
+        assert_eq!(indexes(store.limited_get_log_entries(1, 7).await.unwrap()), vec![1, 2, 3, 4, 5, 6]);
+        assert!(store.limited_get_log_entries(5, 5).await.unwrap().is_empty());
     }
 
     #[tokio::test]
