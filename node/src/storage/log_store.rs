@@ -724,7 +724,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
         self.check_usable()?;
-        if start >= end {
+        if !range_may_be_non_empty(&(start..end)) {
             return Ok(Vec::new());
         }
         Ok(read_limited(&self.state().entries, start, end, REPLICATION_READ_BYTES))
