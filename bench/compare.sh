@@ -7,7 +7,9 @@
 # (bench/wrk/kv.lua: keep-alive, closed loop, uniformly random keys) and
 # SET/GET against Redis with redis-benchmark. Cells are interleaved: every
 # (workload, clients) cell runs ferrokv, etcd and Redis back to back, so
-# background load on a shared machine hits all systems alike.
+# background load on a shared machine hits all systems alike. The ferrokv
+# nodes share the cores: --worker-threads cores/3 each (at least 1;
+# FERROKV_WORKER_THREADS=N overrides); etcd runs with Go's default.
 #
 # Writes bench/results/compare-<date>-<mode>.{json,csv} and the generated
 # sections of docs/benchmarks.md. Everything is stopped and removed on exit.
@@ -162,6 +164,11 @@ ETCD_CLIENT=(12379 12479 12579)
 ETCD_PEER=(12380 12480 12580)
 REDIS_PORT=16379
 
+# The three nodes share this machine's cores: each gets an equal share of
+# worker threads (as `ferrokv dev` does), at least one. etcd keeps its default
+# (GOMAXPROCS = all cores), which gave it more throughput at 64 clients here.
+FK_WORKERS=${FERROKV_WORKER_THREADS:-$(($(nproc) / 3 > 0 ? $(nproc) / 3 : 1))}
+
 start_ferrokv() {
   local fsync=always
   [[ $MODE == tmpfs ]] && fsync=never
@@ -170,7 +177,7 @@ start_ferrokv() {
     "$FERROKV" serve --node-id $((i + 1)) \
       --http-addr "127.0.0.1:${FK_HTTP[$i]}" --grpc-addr "127.0.0.1:${FK_GRPC[$i]}" \
       --data-dir "$BASE/ferrokv-$((i + 1))" --initial-members "$members" \
-      --fsync "$fsync" >"$BASE/ferrokv-$((i + 1)).log" 2>&1 &
+      --fsync "$fsync" --worker-threads "$FK_WORKERS" >"$BASE/ferrokv-$((i + 1)).log" 2>&1 &
     PIDS+=($!)
   done
   for p in "${FK_HTTP[@]}"; do
@@ -385,13 +392,14 @@ jq -n --arg cmd "bench/compare.sh${ARGS_ORIG:+ $ARGS_ORIG}" --arg date "$(date -
   --arg redis "$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')" \
   --arg wrk "$(wrk -v 2>&1 | head -n1 | awk '{print $2}')" \
   --arg durability "$DURABILITY" --arg medium "$MEDIUM" \
+  --arg threads "ferrokv --worker-threads $FK_WORKERS per node (3 nodes on $(nproc) cores); etcd GOMAXPROCS ${GOMAXPROCS:-default (all cores)}" \
   --arg duration "${DURATION} s measured$([[ $WARMUP -gt 0 ]] && echo " after ${WARMUP} s warm-up")$([[ $QUICK == 1 ]] && echo ' (--quick: for validating the script, not for conclusions)')" \
   --argjson duration_s "$DURATION" --arg repeat "$REPEAT" --argjson conc "[$(echo "$CONCS" | tr ' ' ',')]" \
   --arg workload "$KEYS keys (pre-populated), uniformly random, ${VALUE_SIZE}-byte values; ferrokv: PUT/GET /v1/kv/<key> (stale: ?consistency=stale); etcd: JSON gateway POST /v3/kv/put and /v3/kv/range (base64 key/value, serializable: true for stale)" \
   --arg generator "wrk $(wrk -v 2>&1 | head -n1 | awk '{print $2}') + bench/wrk/kv.lua, one keep-alive connection per client, closed loop, min(clients, 2) threads, all connections to the Raft leader of each system; same machine as the servers" \
   '{command: $cmd, date: $date, cpu: $cpu, cores: $cores, memory: $memory, kernel: $kernel,
     loadavg: $loadavg, ferrokv_version: $fk, etcd_version: $etcd, redis_version: $redis,
-    wrk_version: $wrk, durability: $durability, data_medium: $medium, duration: $duration,
+    wrk_version: $wrk, durability: $durability, threads: $threads, data_medium: $medium, duration: $duration,
     duration_s: $duration_s, repeat: $repeat, concurrency: $conc, workload: $workload,
     generator: $generator}' >"$BASE/meta.json"
 python3 "$ROOT/bench/kvtool.py" report --runs "$RUNS" --meta "$BASE/meta.json" \

@@ -8,6 +8,8 @@
 # --call-graph dwarf`, folds the stacks with inferno and writes an SVG. Also
 # prints where the leader's CPU went by component (HTTP, WAL, Raft core,
 # replication, state machine, other) and the CPU per operation of all nodes.
+# Each node runs with --worker-threads cores/3 (at least 1), as in
+# bench/compare.sh; FERROKV_WORKER_THREADS=N in the environment overrides it.
 #
 # Usage: bench/flamegraph.sh [options]
 #   --workload put|get|stale|mix  (default put)
@@ -29,6 +31,8 @@ FSYNC=always
 OUT=""
 FERROKV=${FERROKV_BIN:-}
 INSTALL=1
+# The three nodes share the machine's cores, as in bench/compare.sh.
+WORKERS=${FERROKV_WORKER_THREADS:-$(($(nproc) / 3 > 0 ? $(nproc) / 3 : 1))}
 HTTP=(18281 18282 18283)
 GRPC=(19281 19282 19283)
 
@@ -91,7 +95,8 @@ trap cleanup EXIT
 members="1=127.0.0.1:${GRPC[0]},2=127.0.0.1:${GRPC[1]},3=127.0.0.1:${GRPC[2]}"
 for i in 0 1 2; do
   "$FERROKV" serve --node-id $((i + 1)) --http-addr "127.0.0.1:${HTTP[$i]}" --grpc-addr "127.0.0.1:${GRPC[$i]}" \
-    --data-dir "$BASE/n$((i + 1))" --initial-members "$members" --fsync "$FSYNC" >"$BASE/n$((i + 1)).log" 2>&1 &
+    --data-dir "$BASE/n$((i + 1))" --initial-members "$members" --fsync "$FSYNC" \
+    --worker-threads "$WORKERS" >"$BASE/n$((i + 1)).log" 2>&1 &
   PIDS+=($!)
 done
 leader=""

@@ -168,7 +168,7 @@ def render_compare(meta, agg):
         ("CPU", "cpu"), ("Cores", "cores"), ("Memory", "memory"), ("Kernel", "kernel"),
         ("Load average at start", "loadavg"), ("ferrokv", "ferrokv_version"),
         ("etcd", "etcd_version"), ("Redis", "redis_version"), ("wrk", "wrk_version"),
-        ("Durability mode", "durability"), ("Data directories", "data_medium"),
+        ("Durability mode", "durability"), ("Threads", "threads"), ("Data directories", "data_medium"),
         ("Duration per cell", "duration"), ("Repeats", "repeat"),
         ("Workload", "workload"), ("Load generator", "generator"),
     ]:

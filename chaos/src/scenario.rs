@@ -98,6 +98,8 @@ pub struct RunConfig {
     pub settle: Duration,
     pub seed: u64,
     pub check_budget: Duration,
+    /// `--worker-threads` for every node; `None` leaves the default.
+    pub worker_threads: Option<u16>,
 }
 
 /// What one scenario run found.
@@ -105,6 +107,8 @@ pub struct RunConfig {
 pub struct ScenarioReport {
     pub scenario: String,
     pub nodes: usize,
+    /// `--worker-threads` the nodes ran with (`None`: the default, a thread per core).
+    pub worker_threads: Option<u16>,
     pub clients: usize,
     pub seed: u64,
     /// Operations in the checked history, and of those how many were indeterminate.
@@ -152,6 +156,9 @@ pub async fn run(s: Scenario, cfg: &RunConfig) -> Result<ScenarioReport> {
         .collect();
     if s == Scenario::Corrupt {
         extra.push("--unsafe-fault-injection".into());
+    }
+    if let Some(n) = cfg.worker_threads {
+        extra.extend(["--worker-threads".into(), n.to_string()]);
     }
     let settings = NodeSettings { binary: cfg.binary.clone(), extra };
     let mut cluster = Cluster::start(cfg.run, cfg.nodes, settings).await.context("starting the cluster")?;
@@ -260,6 +267,7 @@ pub async fn run(s: Scenario, cfg: &RunConfig) -> Result<ScenarioReport> {
     Ok(ScenarioReport {
         scenario: s.name(),
         nodes: cfg.nodes,
+        worker_threads: cfg.worker_threads,
         clients: cfg.clients,
         seed: cfg.seed,
         operations: check.operations,

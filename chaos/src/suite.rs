@@ -26,6 +26,9 @@ pub struct Plan {
     pub run: u8,
     /// How long the checker may search one key's history.
     pub check_budget: Duration,
+    /// Cluster sizes whose nodes run everything on one thread (`--worker-threads 1`, as when
+    /// several nodes share a machine's cores); other sizes use the default, a thread per core.
+    pub one_thread_sizes: Vec<usize>,
 }
 
 impl Plan {
@@ -57,6 +60,7 @@ impl Plan {
             seed: 1,
             run: run_number(),
             check_budget: Duration::from_secs(20),
+            one_thread_sizes: vec![5],
         }
     }
 
@@ -112,6 +116,7 @@ pub async fn run(plan: &Plan) -> Result<SuiteReport> {
                 settle: plan.settle,
                 seed,
                 check_budget: plan.check_budget,
+                worker_threads: plan.one_thread_sizes.contains(&nodes).then_some(1),
             };
             seed += 1;
             let report = scenario::run(s, &cfg).await?;
@@ -161,7 +166,11 @@ pub fn markdown(r: &SuiteReport) -> String {
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             run.scenario,
-            run.nodes,
+            match run.worker_threads {
+                Some(1) => format!("{} (1 thread each)", run.nodes),
+                Some(n) => format!("{} ({n} threads each)", run.nodes),
+                None => run.nodes.to_string(),
+            },
             run.operations,
             run.acknowledged_writes,
             run.indeterminate,

@@ -73,6 +73,11 @@ pub struct ServeArgs {
     /// Requests one node serves at once over HTTP; beyond that it answers 503 `overloaded`.
     #[arg(long, env = "FERROKV_MAX_IN_FLIGHT_REQUESTS", default_value_t = 8192)]
     pub max_in_flight_requests: usize,
+    /// Threads running the node's async work (HTTP, gRPC, Raft, apply); 0 means one per core.
+    /// With 1 everything runs on one thread, with no hand-offs between worker threads: the
+    /// cheapest setting when several nodes share a machine's cores (e.g. a local cluster).
+    #[arg(long, env = "FERROKV_WORKER_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub worker_threads: u16,
     /// Log format.
     #[arg(long, env = "FERROKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -40,11 +40,18 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // At least two workers: the OTLP batch exporter and Raft must never starve each other.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().max(2)))
-        .enable_all()
-        .build()?;
+    let workers = match &cli.command {
+        Command::Serve(args) => usize::from(args.worker_threads),
+        _ => 0,
+    };
+    let runtime = match workers {
+        // One thread drives every task and the I/O driver itself: no wake-ups across threads.
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(if n == 0 { std::thread::available_parallelism().map_or(2, |n| n.get().max(2)) } else { n })
+            .enable_all()
+            .build()?,
+    };
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => {
@@ -53,7 +60,9 @@ fn run() -> anyhow::Result<()> {
                 if let Err(e) = &result {
                     tracing::error!("{e:#}");
                 }
-                telemetry.shutdown();
+                // Flushing waits for the exporter, whose gRPC client runs on this runtime: block a
+                // thread of the blocking pool, never the (possibly only) runtime thread.
+                let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
                 result
             }
             Command::Dev(args) => cli::run_dev(args).await,

@@ -146,6 +146,8 @@ struct NodePlan {
     grpc_addr: String,
     /// Base URL used to talk to the node (wildcard hosts mapped to loopback).
     url: String,
+    /// `--worker-threads`: the nodes share this machine's cores.
+    worker_threads: u16,
 }
 
 impl NodePlan {
@@ -169,6 +171,8 @@ fn plan_nodes(args: &DevArgs) -> anyhow::Result<Vec<NodePlan>> {
         bail!("HTTP ports {http:?} overlap gRPC ports {grpc:?}; choose ports further apart");
     }
     let client = client_host(&host);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let worker_threads = worker_threads_per_node(cores, count);
     Ok((1..=count)
         .zip(http.zip(grpc))
         .map(|(id, (hp, gp))| NodePlan {
@@ -176,8 +180,16 @@ fn plan_nodes(args: &DevArgs) -> anyhow::Result<Vec<NodePlan>> {
             http_addr: join_host_port(&host, hp),
             grpc_addr: join_host_port(&host, gp),
             url: format!("http://{}", join_host_port(client, hp)),
+            worker_threads,
         })
         .collect())
+}
+
+/// Async worker threads for each of `nodes` nodes sharing `cores`: an equal share, at least one.
+/// More threads than cores would only add hand-offs between threads that wait for a core.
+fn worker_threads_per_node(cores: usize, nodes: u16) -> u16 {
+    let share = cores / usize::from(nodes.max(1));
+    u16::try_from(share).unwrap_or(u16::MAX).max(1)
 }
 
 /// Ports `first ..= first + count - 1` (node i gets `first + i - 1`), or an
@@ -232,6 +244,8 @@ fn serve_args(node: &NodePlan, base: &Path, members: &str) -> Vec<OsString> {
         node.dir(base).into_os_string(),
         "--initial-members".into(),
         members.into(),
+        "--worker-threads".into(),
+        node.worker_threads.to_string().into(),
     ]
 }
 
@@ -744,9 +758,20 @@ mod tests {
                 "/d/node-2",
                 "--initial-members",
                 "1=127.0.0.1:9081,2=127.0.0.1:9082",
+                "--worker-threads",
+                &plans[1].worker_threads.to_string(),
             ]
         );
         assert_eq!(plans[1].log(Path::new("/d")), PathBuf::from("/d/node-2.log"));
+    }
+
+    #[test]
+    fn nodes_share_the_cores() {
+        assert_eq!(worker_threads_per_node(2, 3), 1);
+        assert_eq!(worker_threads_per_node(1, 1), 1);
+        assert_eq!(worker_threads_per_node(8, 3), 2);
+        assert_eq!(worker_threads_per_node(16, 1), 16);
+        assert_eq!(worker_threads_per_node(0, 0), 1);
     }
 
     #[test]
@@ -758,6 +783,7 @@ mod tests {
             http_addr: format!("127.0.0.1:{port}"),
             grpc_addr: "127.0.0.1:0".into(),
             url: String::new(),
+            worker_threads: 1,
         };
         let err = check_ports_free(std::slice::from_ref(&plan)).expect_err("port is busy");
         assert!(err.to_string().contains("already in use"));
