@@ -61,7 +61,7 @@ impl Net {
         sh(&["ip", "link", "set", &br, "up"])?;
         for i in 1..=nodes {
             let ns = net.ns(i);
-            let host_end = format!("fkv{}h{i}", run);
+            let host_end = net.host_end(i);
             sh(&["ip", "netns", "add", &ns])?;
             sh(&["ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
             sh(&["ip", "link", "set", &host_end, "master", &br])?;
@@ -80,6 +80,11 @@ impl Net {
 
     pub fn ns(&self, i: usize) -> String {
         format!("fkv{}n{i}", self.run)
+    }
+
+    /// The root-namespace end of node `i`'s veth pair.
+    fn host_end(&self, i: usize) -> String {
+        format!("fkv{}h{i}", self.run)
     }
 
     fn bridge(&self) -> String {
@@ -151,6 +156,10 @@ impl Net {
 
     fn destroy_quietly(&self) {
         for i in 1..=self.nodes.max(9) {
+            // Deleting a namespace destroys the veth inside it asynchronously, so its host end
+            // can outlive `ip netns del` for a moment and make the next run's `ip link add`
+            // fail with "File exists". Deleting the host end removes both ends at once.
+            let _ = sh(&["ip", "link", "del", &self.host_end(i)]);
             let _ = sh(&["ip", "netns", "del", &self.ns(i)]);
         }
         let _ = sh(&["ip", "link", "del", &self.bridge()]);
