@@ -172,7 +172,7 @@ impl Metrics {
             wal: gauge(
                 &r,
                 "ferrokv_wal",
-                "Write-ahead log: live entries, file bytes, fsyncs since start.",
+                "Write-ahead log: live entries, bytes of records (the file is preallocated beyond them), fsyncs since start.",
                 &["group", "kind"],
             )?,
             registry: r,

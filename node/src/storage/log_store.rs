@@ -22,12 +22,20 @@
 //! entries, the vote, the committed id and the last purged id). Any prefix of the record
 //! sequence is a state the log really went through, which is what makes a torn tail safe to cut.
 //!
+//! The file is kept [`PREALLOCATE_BYTES`] longer than its records, filled with zeros
+//! (`fallocate`), and records are written into that space. An fdatasync after a write that grows
+//! a file must also commit the new size through the file system journal; one after a write into
+//! allocated space only flushes the data, which took about 140 instead of 200 µs per sync on
+//! ext4 here. Replay ends at an all-zero header when everything after it is zero too.
+//!
 //! # Crash recovery
 //!
 //! A crash in the middle of a write leaves a torn tail: an incomplete header, an incomplete
-//! payload, or a payload whose CRC does not match (zero-filled blocks included). Replay stops at
-//! the first such record, logs a warning, truncates the file to the end of the last good record
-//! and fsyncs it, so later appends start on a clean boundary. Nothing acknowledged is lost by
+//! payload, a payload whose CRC does not match (zero-filled blocks included), or a zero header
+//! with non-zero bytes somewhere after it (a later block of the batch reached the disk, the
+//! first did not). Replay stops at the first such record, logs a warning, truncates the file to
+//! the end of the last good record (dropping the preallocated space with it) and fsyncs it, so
+//! later appends start on a clean boundary and no stray bytes lie ahead of them. Nothing acknowledged is lost by
 //! this: a record is acknowledged only after the fsync that covers it, and a torn record was by
 //! definition never covered by one.
 //!
@@ -88,6 +96,8 @@ use std::io;
 use std::io::BufReader;
 use std::io::BufWriter;
 use std::io::Read;
+use std::io::Seek;
+use std::io::SeekFrom;
 use std::io::Write;
 use std::ops::Bound;
 use std::ops::RangeBounds;
@@ -569,11 +579,14 @@ impl LogStore {
         }
 
         let existed = wal_path.try_exists()?;
-        let (state, wal_bytes) = recover(&wal_path)?;
+        let Recovered { state, end: wal_bytes, len: file_len } = recover(&wal_path)?;
         if !existed {
             sync_dir(dir)?;
         }
-        let file = OpenOptions::new().append(true).open(&wal_path)?;
+        // Not in append mode: appends go right after the last record, into the preallocated
+        // zeros, not after them.
+        let mut file = OpenOptions::new().write(true).open(&wal_path)?;
+        file.seek(SeekFrom::Start(wal_bytes))?;
 
         let shared = Arc::new(Shared::default());
         shared.entries.store(state.entries.len() as u64, Ordering::Relaxed);
@@ -589,6 +602,8 @@ impl LogStore {
             shared: shared.clone(),
             covered_seq: 0,
             compact_floor: 0,
+            end: wal_bytes,
+            allocated: file_len,
         };
         let handle = std::thread::Builder::new().name("raft-wal".to_string()).spawn(move || writer.run(rx))?;
 
@@ -848,9 +863,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// Where replay left the file.
+struct Recovered {
+    state: State,
+    /// Bytes of intact records: where the next record goes.
+    end: u64,
+    /// Length of the file; from `end` on it holds preallocated zeros.
+    len: u64,
+}
+
 /// Replay the WAL at `path` (created if missing) into a fresh state; cut off a torn tail.
-/// Returns the state and the length of the (possibly truncated) file.
-fn recover(path: &Path) -> io::Result<(State, u64)> {
+fn recover(path: &Path) -> io::Result<Recovered> {
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
     let file_len = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(1 << 16, &file);
@@ -871,6 +894,14 @@ fn recover(path: &Path) -> io::Result<(State, u64)> {
                 pos += size;
             }
             RawRecord::Torn(reason) => break Some(reason),
+            RawRecord::Zeros => {
+                // The preallocated part of the file begins here, unless a crash left a record
+                // whose first block never reached the disk ahead of later ones.
+                if rest_is_zero(&mut reader, file_len - pos - HEADER_LEN)? {
+                    break None;
+                }
+                break Some("zero-filled header before non-zero bytes");
+            }
             RawRecord::BadChecksum => {
                 // Is this the crash point, or damage in the middle of acknowledged data? If
                 // the next record is intact, the log went on after this one.
@@ -901,8 +932,24 @@ fn recover(path: &Path) -> io::Result<(State, u64)> {
         );
         file.set_len(pos)?;
         file.sync_all()?;
+        return Ok(Recovered { state, end: pos, len: pos });
     }
-    Ok((state, pos))
+    Ok(Recovered { state, end: pos, len: file_len })
+}
+
+/// Whether the next `remaining` bytes of `reader` are all zero.
+fn rest_is_zero(reader: &mut impl Read, remaining: u64) -> io::Result<bool> {
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut left = remaining;
+    while left > 0 {
+        let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        reader.read_exact(&mut chunk[..n])?;
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        left -= n as u64;
+    }
+    Ok(true)
 }
 
 enum RawRecord {
@@ -912,6 +959,8 @@ enum RawRecord {
     Torn(&'static str),
     /// A complete record whose payload does not match its checksum.
     BadChecksum,
+    /// An all-zero header: the preallocated end of the file (or a tear, if anything follows).
+    Zeros,
 }
 
 /// Read one record from `reader`, which has `remaining` bytes left in the file.
@@ -924,8 +973,12 @@ fn read_record(reader: &mut impl Read, remaining: u64, payload: &mut Vec<u8>) ->
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     if len == 0 {
-        // Every payload has at least the version byte; a zero length is a zero-filled block,
-        // which is what a file extended by a crashing write can read back as.
+        // Every payload has at least the version byte; a zero length is a zero-filled block:
+        // the preallocated space after the last record, or what a file extended by a crashing
+        // write can read back as.
+        if crc == 0 {
+            return Ok(RawRecord::Zeros);
+        }
         return Ok(RawRecord::Torn("zero-length record"));
     }
     if u64::from(len) > remaining - HEADER_LEN {
@@ -974,6 +1027,10 @@ struct Writer {
     /// No compaction is attempted below this size (raised after a failed attempt so that a
     /// persistent failure is not retried after every batch).
     compact_floor: u64,
+    /// Offset of the end of the last record written: the file position.
+    end: u64,
+    /// Length of the file. Between `end` and here it is preallocated (zeros).
+    allocated: u64,
 }
 
 impl Writer {
@@ -1046,17 +1103,20 @@ impl Writer {
         if self.shared.fail_next_batch.swap(false, Ordering::SeqCst) {
             return Err(io::Error::other("injected write failure"));
         }
-        let mut written = 0u64;
-        for request in batch.iter().filter(|r| r.seq > self.covered_seq) {
-            self.file.write_all(&request.bytes)?;
-            written += request.bytes.len() as u64;
-        }
+        let covered = self.covered_seq;
+        let new = || batch.iter().filter(move |r| r.seq > covered);
+        let written: u64 = new().map(|r| r.bytes.len() as u64).sum();
         if written == 0 {
             // Nothing new (empty appends, or requests covered by a compaction snapshot):
             // everything they stand for is already durable.
             return Ok(());
         }
+        self.reserve(written)?;
+        for request in new() {
+            self.file.write_all(&request.bytes)?;
+        }
         self.file.flush()?;
+        self.end += written;
         self.shared.wal_bytes.fetch_add(written, Ordering::Relaxed);
         // A batch of nothing but committed ids needs no fsync: nobody waits for it, losing it
         // only means re-applying less after a crash, and the next durable batch covers it.
@@ -1065,6 +1125,20 @@ impl Writer {
             self.file.get_ref().sync_data()?;
             self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(())
+    }
+
+    /// Make sure the next `bytes` land inside the file's current length: an fdatasync after a
+    /// write that grows the file must also commit the new size to the journal, one after a
+    /// write into preallocated space only flushes the data.
+    fn reserve(&mut self, bytes: u64) -> io::Result<()> {
+        let needed = self.end + bytes;
+        if needed <= self.allocated {
+            return Ok(());
+        }
+        let target = needed + PREALLOCATE_BYTES;
+        preallocate(self.file.get_ref(), self.allocated, target)?;
+        self.allocated = target;
         Ok(())
     }
 
@@ -1114,6 +1188,8 @@ impl Writer {
         // bring back the old file without them, so a failed directory fsync is fatal.
         let old = std::mem::replace(&mut self.file, BufWriter::new(file));
         close_in_background(old);
+        self.end = size;
+        self.allocated = size;
         self.shared.wal_bytes.store(size, Ordering::Relaxed);
         if let Err(e) = sync_dir(&self.dir) {
             tracing::error!(dir = %self.dir.display(), error = %e, "cannot fsync the log directory after WAL compaction");
@@ -1132,6 +1208,29 @@ impl Writer {
             "compacted raft WAL"
         );
     }
+}
+
+/// How far ahead of the last record the file is allocated.
+const PREALLOCATE_BYTES: u64 = 16 << 20;
+
+/// Extend `file` from `from` to `to` bytes of zeros. On Linux the blocks are allocated
+/// (`fallocate`), so a full disk shows up here rather than in the middle of a batch; where the
+/// file system cannot, and elsewhere, the file is extended sparsely, which still keeps the size
+/// out of the fdatasyncs.
+fn preallocate(file: &File, from: u64, to: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let offset = i64::try_from(from).map_err(io::Error::other)?;
+        let len = i64::try_from(to - from).map_err(io::Error::other)?;
+        match nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), offset, len) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EOPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = from;
+    file.set_len(to)
 }
 
 /// How much of a replaced WAL file is freed at a time, and the pause between steps.
@@ -1268,18 +1367,29 @@ mod tests {
         dir.join(WAL_FILE)
     }
 
-    /// Offsets at which each record of a WAL file ends.
+    /// Offsets at which each record of a WAL file ends (the preallocated zeros after the last
+    /// record are no records).
     fn record_ends(path: &Path) -> Vec<u64> {
         let data = fs::read(path).unwrap();
         let mut ends = Vec::new();
         let mut pos = 0usize;
         while pos + 8 <= data.len() {
             let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+            if len == 0 {
+                break;
+            }
             pos += 8 + len;
             assert!(pos <= data.len(), "record_ends: file is torn");
             ends.push(pos as u64);
         }
         ends
+    }
+
+    /// The records of a WAL file, without the preallocated zeros after them.
+    fn records_bytes(path: &Path) -> Vec<u8> {
+        let mut data = fs::read(path).unwrap();
+        data.truncate(record_ends(path).last().map_or(0, |&end| end as usize));
+        data
     }
 
     fn decode_file(path: &Path) -> Vec<Record> {
@@ -1353,7 +1463,7 @@ mod tests {
         let size = store.stats().wal_bytes;
         drop(store);
 
-        assert_eq!(fs::metadata(wal(dir.path())).unwrap().len(), size);
+        assert_eq!(records_bytes(&wal(dir.path())).len() as u64, size);
         let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
         assert_eq!(observe(&mut store).await, before);
         assert_eq!(store.stats().entries, 11);
@@ -1456,7 +1566,7 @@ mod tests {
     async fn torn_tail_is_cut_off() {
         let origin = tempfile::tempdir().unwrap();
         let (full, ends) = write_sample(origin.path()).await;
-        let data = fs::read(wal(origin.path())).unwrap();
+        let data = records_bytes(&wal(origin.path()));
         let last_len = ends[ends.len() - 1] - ends[ends.len() - 2];
         let good_len = ends[ends.len() - 2];
 
@@ -1493,7 +1603,7 @@ mod tests {
     async fn garbage_tail_is_cut_off() {
         let origin = tempfile::tempdir().unwrap();
         let (full, _) = write_sample(origin.path()).await;
-        let data = fs::read(wal(origin.path())).unwrap();
+        let data = records_bytes(&wal(origin.path()));
 
         // xorshift: deterministic pseudo-random bytes without a dependency.
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -1523,10 +1633,66 @@ mod tests {
             fs::write(wal(dir.path()), &bytes).unwrap();
             let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
             assert_eq!(observe(&mut store).await, full, "tail #{i}");
-            assert_eq!(fs::metadata(wal(dir.path())).unwrap().len(), data.len() as u64, "tail #{i}");
+            assert_eq!(store.stats().wal_bytes, data.len() as u64, "tail #{i}");
+            // Zeros alone are preallocated space and stay; anything else is cut off.
+            let kept = if tail.iter().all(|&b| b == 0) { bytes.len() } else { data.len() };
+            assert_eq!(fs::metadata(wal(dir.path())).unwrap().len(), kept as u64, "tail #{i}");
             drop(store);
             check_appendable(dir.path(), full.clone()).await;
         }
+    }
+
+    #[tokio::test]
+    async fn appends_go_into_preallocated_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let (full, ends) = write_sample(dir.path()).await;
+        let records_len = *ends.last().unwrap();
+        let file_len = fs::metadata(wal(dir.path())).unwrap().len();
+        assert!(file_len >= PREALLOCATE_BYTES && file_len > records_len, "{file_len} vs {records_len}");
+        assert!(fs::read(wal(dir.path())).unwrap()[records_len as usize..].iter().all(|&b| b == 0));
+
+        // Reopening keeps the space, and the next records go right after the last one.
+        let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(observe(&mut store).await, full);
+        assert_eq!(store.stats().wal_bytes, records_len);
+        append(&mut store, vec![put_entry(1, 21, 30)]).await;
+        drop(store);
+        assert_eq!(fs::metadata(wal(dir.path())).unwrap().len(), file_len);
+        let after = record_ends(&wal(dir.path()));
+        assert_eq!(after.len(), ends.len() + 1);
+        assert_eq!(after[..ends.len()], ends[..]);
+
+        // Running past the end allocates more.
+        let mut store = LogStore::open(dir.path(), FsyncPolicy::Never).unwrap();
+        let big = usize::try_from(PREALLOCATE_BYTES).unwrap() / 4;
+        append(&mut store, (22..=26).map(|i| put_entry(1, i, big)).collect()).await;
+        let expected = observe(&mut store).await;
+        let written = store.stats().wal_bytes;
+        drop(store);
+        assert!(written > file_len);
+        assert!(fs::metadata(wal(dir.path())).unwrap().len() >= written + PREALLOCATE_BYTES);
+        let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(observe(&mut store).await, expected);
+    }
+
+    #[tokio::test]
+    async fn bytes_after_a_zero_header_are_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (full, ends) = write_sample(dir.path()).await;
+        let records_len = *ends.last().unwrap();
+        // A crash can persist a later block of a batch but not its first one: a zero header,
+        // then part of a record further on.
+        let mut file = OpenOptions::new().write(true).open(wal(dir.path())).unwrap();
+        file.seek(SeekFrom::Start(records_len + 512)).unwrap();
+        file.write_all(&[0xab; 100]).unwrap();
+        drop(file);
+
+        let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(observe(&mut store).await, full);
+        drop(store);
+        // Cut off, so that no later append can end up right in front of the stray bytes.
+        assert_eq!(fs::metadata(wal(dir.path())).unwrap().len(), records_len);
+        check_appendable(dir.path(), full).await;
     }
 
     #[tokio::test]
@@ -1558,7 +1724,8 @@ mod tests {
         let mut record = (payload.len() as u32).to_le_bytes().to_vec();
         record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         record.extend_from_slice(&payload);
-        let mut file = OpenOptions::new().append(true).open(wal(dir.path())).unwrap();
+        let mut file = OpenOptions::new().write(true).open(wal(dir.path())).unwrap();
+        file.seek(SeekFrom::Start(records_bytes(&wal(dir.path())).len() as u64)).unwrap();
         file.write_all(&record).unwrap();
         drop(file);
 
@@ -1742,7 +1909,7 @@ mod tests {
             })
             .collect();
         assert_eq!(indexes, (89..=98).collect::<Vec<_>>());
-        let size = fs::metadata(wal(dir.path())).unwrap().len();
+        let size = records_bytes(&wal(dir.path())).len() as u64;
         assert!(size < big / 5, "{size} vs {big}");
         assert_eq!(store.stats().wal_bytes, size);
         assert!(!dir.path().join(WAL_TMP_FILE).exists());
@@ -1757,7 +1924,7 @@ mod tests {
 
         let mut store = LogStore::open_with_options(dir.path(), options).unwrap();
         assert_eq!(observe(&mut store).await, expected);
-        assert_eq!(store.stats().wal_bytes, fs::metadata(wal(dir.path())).unwrap().len());
+        assert_eq!(store.stats().wal_bytes, records_bytes(&wal(dir.path())).len() as u64);
     }
 
     #[test]
