@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferrokv_proto::RaftRequest;
 use ferrokv_proto::SnapshotChunk;
+use futures::SinkExt;
 use futures::Stream;
 use futures::StreamExt;
 use openraft::RaftNetworkFactory;
@@ -21,7 +22,6 @@ use openraft::error::StreamingError;
 use openraft::error::Timeout;
 use openraft::error::Unreachable;
 use openraft::network::RPCOption;
-use openraft::network::stream_append_sequential;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
@@ -72,6 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.grpc_addr.clone(),
             window: self.window,
+            heartbeats: None,
         }
     }
 }
@@ -83,6 +84,18 @@ pub struct PeerClient {
     target: RaftId,
     addr: String,
     window: usize,
+    /// The open heartbeat stream, if any (see [`HeartbeatStream`]).
+    heartbeats: Option<HeartbeatStream>,
+}
+
+/// A gRPC stream kept open for heartbeats, one request and one answer at a time. openraft
+/// sends every heartbeat as a stream of its own, from one client per member that waits for
+/// each answer before the next heartbeat. As a unary call each heartbeat opened an HTTP/2
+/// stream with headers and trailers both ways; on this stream it is one data frame each way.
+/// Heartbeats confirm every linearizable read, so under read load they are frequent.
+struct HeartbeatStream {
+    requests: futures::channel::mpsc::Sender<RaftRequest>,
+    replies: tonic::Streaming<ferrokv_proto::RaftReply>,
 }
 
 type Rpc<T> = Result<T, RPCError<TypeConfig>>;
@@ -111,6 +124,32 @@ impl PeerClient {
             Ok(Ok(r)) => r.into_inner(),
         };
         codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+
+    /// Send one heartbeat on the heartbeat stream (opened if need be) and wait for its answer.
+    /// The stream is taken out while in use and put back only after a clean answer: a call cut
+    /// short (timeout, cancellation, error) drops it, and the next heartbeat opens a new one,
+    /// so an answer can never be matched with the wrong request.
+    async fn heartbeat(&mut self, rpc: &AppendEntriesRequest<TypeConfig>) -> Rpc<StreamAppendResult<TypeConfig>> {
+        let req = self.request(rpc)?;
+        let mut stream = match self.heartbeats.take() {
+            Some(stream) => stream,
+            None => {
+                let (requests, inbound) = futures::channel::mpsc::channel(1);
+                let replies = self.client()?.stream_append(inbound).await.map_err(status_to_rpc)?.into_inner();
+                HeartbeatStream { requests, replies }
+            }
+        };
+        let closed = || RPCError::Network(NetworkError::from_string("the heartbeat stream closed".to_string()));
+        stream.requests.send(req).await.map_err(|_| closed())?;
+        let reply = stream.replies.message().await.map_err(status_to_rpc)?.ok_or_else(closed)?;
+        let result: StreamAppendResult<TypeConfig> =
+            codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // The peer ends its side of the stream after a refusal (conflict, higher vote).
+        if result.is_ok() {
+            self.heartbeats = Some(stream);
+        }
+        Ok(result)
     }
 
     fn timeout(&self, ttl: Duration) -> RPCError<TypeConfig> {
@@ -154,11 +193,20 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
         // A stream of exactly one request is a heartbeat (openraft sends each as its own
-        // stream). One unary call costs both ends far less than opening a gRPC stream, and on
-        // the follower a stream also spawns a task; heartbeats are what confirm every
-        // linearizable read, so they are frequent under read load.
+        // stream): it goes out on the long-lived heartbeat stream.
         if input.size_hint() == (1, Some(1)) {
-            return stream_append_sequential(self, input, option);
+            let mut input = input;
+            return Box::pin(async move {
+                let Some(rpc) = input.next().await else {
+                    return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
+                };
+                let ttl = option.soft_ttl();
+                let result = match tokio::time::timeout(ttl, self.heartbeat(&rpc)).await {
+                    Err(_) => return Err(self.timeout(ttl)),
+                    Ok(r) => r?,
+                };
+                Ok(Box::pin(futures::stream::once(async move { Ok(result) })) as BoxStream<'s, _>)
+            });
         }
         Box::pin(async move {
             let (group_id, target) = (self.group, self.target);
