@@ -1,4 +1,5 @@
-//! Node loss: kill -9 of the leader with writers running, loss of quorum, SIGTERM hand-off.
+//! Node loss: kill -9 of the leader with writers running, loss of quorum, SIGTERM hand-off,
+//! followers restarting in turn under linearizable reads.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -113,4 +114,35 @@ async fn sigterm_on_the_leader_hands_leadership_over() {
     assert_ne!(new, l);
     c.put_ok(new, "after", "2").await;
     assert_eq!(c.value(new, "before", "linearizable").await.as_deref(), Some("1"));
+}
+
+/// Linearizable reads need the leader's heartbeats to reach a majority. Each follower in turn
+/// is killed and restarted; once the other one is down, the restarted follower is the only
+/// way to a quorum, so its heartbeats must flow again after its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_reads_go_on_while_followers_restart_in_turn() {
+    let mut c = Cluster::start(3, &[]).await;
+    let l = c.leader().await;
+    let followers: Vec<u64> = c.alive().into_iter().filter(|&id| id != l).collect();
+    c.put_ok(l, "k", "0").await;
+    for (round, &down) in followers.iter().enumerate() {
+        let other = followers.iter().copied().find(|&id| id != down).unwrap_or(down);
+        c.kill(down);
+        assert_eq!(c.value(l, "k", "linearizable").await.as_deref(), Some(round.to_string().as_str()));
+        c.spawn(down, true);
+        c.wait_ready(down).await;
+        c.kill(other);
+        let value = (round + 1).to_string();
+        c.put_ok(l, "k", &value).await;
+        let read = crate::harness::eventually(
+            "a linearizable read confirmed through the restarted follower",
+            Duration::from_secs(10),
+            || async { c.value(l, "k", "linearizable").await },
+        )
+        .await;
+        assert_eq!(read, value);
+        c.spawn(other, true);
+        c.wait_ready(other).await;
+    }
+    assert_eq!(c.leader().await, l, "leadership moved:\n{}", c.node_log(l));
 }
