@@ -1,5 +1,6 @@
-//! openraft's network client over gRPC: AppendEntries, Vote, TransferLeader as unary calls
-//! and whole snapshots as a client stream of chunks.
+//! openraft's network client over gRPC: replication as a bidirectional stream of AppendEntries,
+//! heartbeats on a long-lived stream of their own, Vote and TransferLeader as unary calls, and
+//! whole snapshots as a client stream of chunks.
 
 use std::future::Future;
 use std::sync::Arc;
