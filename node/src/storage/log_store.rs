@@ -35,9 +35,9 @@
 //! with non-zero bytes somewhere after it (a later block of the batch reached the disk, the
 //! first did not). Replay stops at the first such record, logs a warning, truncates the file to
 //! the end of the last good record (dropping the preallocated space with it) and fsyncs it, so
-//! later appends start on a clean boundary and no stray bytes lie ahead of them. Nothing acknowledged is lost by
-//! this: a record is acknowledged only after the fsync that covers it, and a torn record was by
-//! definition never covered by one.
+//! later appends start on a clean boundary and no stray bytes lie ahead of them. Nothing
+//! acknowledged is lost by this: a record is acknowledged only after the fsync that covers it,
+//! and a torn record was by definition never covered by one.
 //!
 //! Damage is only tolerated at the tail. If a record fails its checksum but the record right
 //! after it is intact, the damage is in the middle of the file (bit rot, a foreign write) and
@@ -602,7 +602,6 @@ impl LogStore {
             shared: shared.clone(),
             covered_seq: 0,
             compact_floor: 0,
-            end: wal_bytes,
             allocated: file_len,
         };
         let handle = std::thread::Builder::new().name("raft-wal".to_string()).spawn(move || writer.run(rx))?;
@@ -1027,9 +1026,8 @@ struct Writer {
     /// No compaction is attempted below this size (raised after a failed attempt so that a
     /// persistent failure is not retried after every batch).
     compact_floor: u64,
-    /// Offset of the end of the last record written: the file position.
-    end: u64,
-    /// Length of the file. Between `end` and here it is preallocated (zeros).
+    /// Length of the file. From the end of the last record (`shared.wal_bytes`, which only
+    /// this thread changes) to here it is preallocated (zeros).
     allocated: u64,
 }
 
@@ -1116,7 +1114,6 @@ impl Writer {
             self.file.write_all(&request.bytes)?;
         }
         self.file.flush()?;
-        self.end += written;
         self.shared.wal_bytes.fetch_add(written, Ordering::Relaxed);
         // A batch of nothing but committed ids needs no fsync: nobody waits for it, losing it
         // only means re-applying less after a crash, and the next durable batch covers it.
@@ -1132,7 +1129,7 @@ impl Writer {
     /// write that grows the file must also commit the new size to the journal, one after a
     /// write into preallocated space only flushes the data.
     fn reserve(&mut self, bytes: u64) -> io::Result<()> {
-        let needed = self.end + bytes;
+        let needed = self.shared.wal_bytes.load(Ordering::Relaxed) + bytes;
         if needed <= self.allocated {
             return Ok(());
         }
@@ -1188,7 +1185,6 @@ impl Writer {
         // bring back the old file without them, so a failed directory fsync is fatal.
         let old = std::mem::replace(&mut self.file, BufWriter::new(file));
         close_in_background(old);
-        self.end = size;
         self.allocated = size;
         self.shared.wal_bytes.store(size, Ordering::Relaxed);
         if let Err(e) = sync_dir(&self.dir) {
