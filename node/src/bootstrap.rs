@@ -301,5 +301,5 @@ async fn open_core(service: &Service, raft_id: RaftId) -> anyhow::Result<Arc<Cor
     // the committed tail on start-up and a restarted node never serves older state. Waiting
     // for a cluster commit instead would deadlock a whole-cluster restart, since this node's
     // gRPC service needs the core to take part in the election.
-    Ok(Arc::new(Core { raft, raft_id, sm, log }))
+    Ok(Arc::new(Core::new(raft, raft_id, sm, log)))
 }

@@ -91,7 +91,7 @@ impl Metrics {
             forwarded: counter(
                 &r,
                 "ferrokv_forwarded_requests_total",
-                "Requests this node forwarded to the leader.",
+                "Calls this node made to the leader for its clients: write (a forwarded write), read_index (one read-index call, shared by the linearizable reads waiting for it), read (a read forwarded whole by a lagging follower).",
                 &["group", "kind"],
             )?,
             leader_changes: counter(

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ferrokv_proto::ForwardReply;
+use ferrokv_proto::ReadIndexRequest;
 use ferrokv_proto::ReadRequest;
 use ferrokv_proto::WriteRequest;
 use serde::Serialize;
@@ -50,5 +51,9 @@ impl ferrokv_proto::kv_server::Kv for KvService {
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ForwardReply>, Status> {
         let query: ReadQuery = codec::decode(&req.into_inner().query).map_err(bad_payload)?;
         forward_reply(self.service.read_forwarded(query).await)
+    }
+
+    async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ForwardReply>, Status> {
+        forward_reply(self.service.read_index_as_leader().await)
     }
 }

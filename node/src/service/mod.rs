@@ -5,6 +5,7 @@
 //! the Raft parts live in [`Core`], set once by the bootstrap.
 
 mod admin;
+mod coalesce;
 mod read;
 mod write;
 
@@ -32,6 +33,11 @@ use crate::storage::StateMachineStore;
 use crate::types::Member;
 use crate::types::Raft;
 use crate::types::RaftId;
+use coalesce::Coalescer;
+use openraft::async_runtime::WatchReceiver as _;
+use read::READ_INDEX_CALLS_IN_FLIGHT;
+use read::ReadIndexRound;
+use write::Route;
 
 /// The Raft side of a node, present once the node has a Raft identity.
 pub struct Core {
@@ -39,6 +45,28 @@ pub struct Core {
     pub raft_id: RaftId,
     pub sm: StateMachineStore,
     pub log: LogStore,
+    /// Read-index calls to the leader, shared by this follower's linearizable reads.
+    read_index: Arc<Coalescer<ReadIndexRound>>,
+}
+
+impl Core {
+    pub fn new(raft: Raft, raft_id: RaftId, sm: StateMachineStore, log: LogStore) -> Self {
+        Core { raft, raft_id, sm, log, read_index: Arc::new(Coalescer::new(READ_INDEX_CALLS_IN_FLIGHT)) }
+    }
+
+    /// Where the group leader is, as far as this node knows.
+    fn leader_route(&self) -> Route {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        match m.current_leader {
+            Some(l) if l == self.raft_id => Route::Local,
+            Some(l) => match m.membership_config.membership().get_node(&l) {
+                Some(member) => Route::Remote(member.grpc_addr.clone()),
+                None => Route::Unknown,
+            },
+            None => Route::Unknown,
+        }
+    }
 }
 
 /// What a node without a Raft member can be told to do by its peers.

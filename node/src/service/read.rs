@@ -1,15 +1,22 @@
-//! Reads. `linearizable` (the default) reads are confirmed by the leader (read index or lease)
-//! and served from its state machine; a follower forwards them in one hop. `stale` reads are
-//! served by the receiving node from its own state, even with no quorum.
+//! Reads. `linearizable` (the default) reads are confirmed by the leader (read index or lease).
+//! The leader serves them from its state machine. A follower asks the leader for the read index
+//! (one call shared by the reads that arrived before it left, see `coalesce`), waits until it
+//! has applied that far, and serves them from its own state machine; a follower that lags too
+//! far behind forwards the read to the leader instead. `stale` reads are served by the
+//! receiving node from its own state, even with no quorum.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferrokv_proto::ReadIndexRequest;
 use ferrokv_proto::ReadRequest;
 use openraft::ReadPolicy;
 use openraft::error::LinearizableReadError;
 use openraft::error::RaftError;
+use openraft::raft::linearizable_read::Linearizer;
+use openraft::raft::linearizable_read::ReadLogId;
 use serde::Deserialize;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -18,6 +25,8 @@ use crate::codec;
 use crate::command::now_ms;
 use crate::config::ReadPolicyArg;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::network::PeerPool;
 use crate::network::is_connect_error;
 use crate::service::Core;
 use crate::service::Service;
@@ -26,6 +35,8 @@ use crate::service::write::Route;
 use crate::service::write::decode_forward_reply;
 use crate::state::KvRecord;
 use crate::types::DATA_GROUP;
+use crate::types::LogId;
+use crate::types::TypeConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Consistency {
@@ -89,6 +100,19 @@ pub enum ReadOutcome {
 
 const LEADER_POLL: Duration = Duration::from_millis(25);
 
+/// How long a follower waits to apply a read index before it forwards the read to the leader:
+/// a follower that is this far behind is catching up (a snapshot, a restart) rather than a
+/// heartbeat late.
+const FOLLOWER_APPLY_WAIT: Duration = Duration::from_millis(300);
+
+/// The outcome of one read-index call to the leader, shared by the reads waiting for it.
+pub(super) type ReadIndexRound = Result<LogId, Retry>;
+
+/// Read-index calls a follower keeps in flight to the leader. With one, a read that arrives
+/// just after a call left waits for that call's whole round trip before its own call leaves;
+/// with two, it waits for about half of it.
+pub(super) const READ_INDEX_CALLS_IN_FLIGHT: usize = 2;
+
 impl Service {
     pub async fn read(&self, query: ReadQuery, consistency: Consistency) -> Result<ReadOutcome, ApiError> {
         let core = self.core()?;
@@ -103,7 +127,7 @@ impl Service {
                         return Ok(out);
                     }
                 }
-                Route::Remote(addr) => match self.forward_read(&addr, &query, deadline).await {
+                Route::Remote(addr) => match self.read_on_follower(core, &addr, &query, deadline).await {
                     Ok(out) => return Ok(out),
                     Err(Retry::Again) => {}
                     Err(Retry::Fail(e)) => return Err(e),
@@ -114,6 +138,19 @@ impl Service {
                 return Err(ApiError::no_quorum("no leader could confirm a linearizable read in time"));
             }
             tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+
+    /// The read index for a follower's linearizable reads: leadership confirmed as for a read
+    /// on the leader, and the log id the follower must apply before it reads. `not_leader`
+    /// when this node does not lead.
+    pub async fn read_index_as_leader(&self) -> Result<LogId, ApiError> {
+        let core = self.core()?;
+        let deadline = Instant::now() + self.cfg.request_timeout();
+        match tokio::time::timeout_at(deadline, core.raft.get_read_linearizer(self.read_policy())).await {
+            Ok(Ok(linearizer)) => Ok(*linearizer.read_log_id().log_id()),
+            Ok(Err(e)) => Err(linearizable_read_error(e)),
+            Err(_) => Err(ApiError::no_quorum("leadership could not be confirmed in time")),
         }
     }
 
@@ -134,18 +171,48 @@ impl Service {
         query: &ReadQuery,
         deadline: Instant,
     ) -> Result<Option<ReadOutcome>, ApiError> {
-        let policy = match self.cfg.read_policy {
-            ReadPolicyArg::ReadIndex => ReadPolicy::ReadIndex,
-            ReadPolicyArg::Lease => ReadPolicy::LeaseRead,
-        };
-        match tokio::time::timeout_at(deadline, core.raft.ensure_linearizable(policy)).await {
+        match tokio::time::timeout_at(deadline, core.raft.ensure_linearizable(self.read_policy())).await {
             Ok(Ok(_)) => Ok(Some(self.read_local(core, query))),
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Ok(None),
-            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => {
-                Err(ApiError::no_quorum(format!("leadership could not be confirmed: {e}")))
-            }
-            Ok(Err(e)) => Err(ApiError::internal(e.to_string())),
+            Ok(Err(e)) => Err(linearizable_read_error(e)),
             Err(_) => Err(ApiError::no_quorum("leadership could not be confirmed in time")),
+        }
+    }
+
+    fn read_policy(&self) -> ReadPolicy {
+        match self.cfg.read_policy {
+            ReadPolicyArg::ReadIndex => ReadPolicy::ReadIndex,
+            ReadPolicyArg::Lease => ReadPolicy::LeaseRead,
+        }
+    }
+
+    /// A linearizable read on a follower: get a read index from the leader (`leader` is its
+    /// gRPC address) issued after this read arrived, apply up to it, read locally. A follower
+    /// that cannot apply that far soon forwards the read to the leader.
+    async fn read_on_follower(
+        &self,
+        core: &Arc<Core>,
+        leader: &str,
+        query: &ReadQuery,
+        deadline: Instant,
+    ) -> Result<ReadOutcome, Retry> {
+        let fetch = {
+            let (core, pool, metrics) = (core.clone(), self.pool.clone(), self.metrics.clone());
+            let timeout = self.cfg.request_timeout();
+            move || fetch_read_index(core.clone(), pool.clone(), metrics.clone(), timeout)
+        };
+        let log_id = match tokio::time::timeout_at(deadline, core.read_index.get(fetch)).await {
+            Err(_) => return Err(Retry::Fail(ApiError::no_quorum("the leader did not confirm the read in time"))),
+            // The call's task ended without an answer: ask again.
+            Ok(None) => return Err(Retry::Again),
+            Ok(Some(round)) => round?,
+        };
+        let wait = FOLLOWER_APPLY_WAIT.min(deadline.saturating_duration_since(Instant::now()));
+        let linearizer = Linearizer::new(core.raft_id, ReadLogId::from_log_id(log_id), None);
+        match linearizer.try_await_ready(&core.raft, Some(wait)).await {
+            Ok(Ok(_)) => Ok(self.read_local(core, query)),
+            Ok(Err(_)) => self.forward_read(leader, query, deadline).await,
+            Err(fatal) => Err(Retry::Fail(ApiError::internal(fatal.to_string()))),
         }
     }
 
@@ -183,5 +250,38 @@ impl Service {
             }
             Ok(Ok(r)) => decode_forward_reply(r.into_inner()),
         }
+    }
+}
+
+/// One read-index call to the leader, as far as this node knows where it is.
+async fn fetch_read_index(core: Arc<Core>, pool: PeerPool, metrics: Arc<Metrics>, timeout: Duration) -> ReadIndexRound {
+    let Route::Remote(addr) = core.leader_route() else {
+        // No leader known, or this node leads now: the read goes round again.
+        return Err(Retry::Again);
+    };
+    let mut client = pool.kv(&addr).map_err(|e| Retry::Fail(ApiError::internal(e.to_string())))?;
+    metrics.forwarded.with_label_values(&["0", "read_index"]).inc();
+    match tokio::time::timeout(timeout, client.read_index(ReadIndexRequest { group_id: DATA_GROUP })).await {
+        Err(_) => Err(Retry::Fail(ApiError::no_quorum("the leader did not confirm the read in time"))),
+        Ok(Err(status)) => {
+            if !is_connect_error(&status) {
+                tracing::debug!("asking the leader for a read index failed ({}); retrying", status.message());
+            }
+            Err(Retry::Again)
+        }
+        Ok(Ok(r)) => decode_forward_reply(r.into_inner()),
+    }
+}
+
+/// The API error for a failed confirmation of leadership.
+fn linearizable_read_error(e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> ApiError {
+    match e {
+        RaftError::APIError(LinearizableReadError::ForwardToLeader(_)) => {
+            ApiError::unavailable("not_leader", "this node is not the leader")
+        }
+        RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)) => {
+            ApiError::no_quorum(format!("leadership could not be confirmed: {e}"))
+        }
+        e => ApiError::internal(e.to_string()),
     }
 }

@@ -2,7 +2,6 @@
 //! gRPC to the leader in one hop. Bounded by the request timeout: with no leader (no quorum)
 //! the caller gets 503 `no_quorum` instead of waiting forever.
 
-use openraft::async_runtime::WatchReceiver as _;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,16 +43,7 @@ pub(super) enum Route {
 impl Service {
     /// Where the group leader is, as far as this node knows.
     pub(super) fn route(&self, core: &Core) -> Route {
-        let metrics = core.raft.metrics();
-        let m = metrics.borrow_watched();
-        match m.current_leader {
-            Some(l) if l == core.raft_id => Route::Local,
-            Some(l) => match m.membership_config.membership().get_node(&l) {
-                Some(member) => Route::Remote(member.grpc_addr.clone()),
-                None => Route::Unknown,
-            },
-            None => Route::Unknown,
-        }
+        core.leader_route()
     }
 
     /// Commit `cmd` through the group leader, wherever it is.
@@ -162,6 +152,7 @@ impl Service {
     }
 }
 
+#[derive(Clone)]
 pub(super) enum Retry {
     Again,
     Fail(ApiError),

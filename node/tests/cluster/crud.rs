@@ -142,14 +142,14 @@ async fn ttl_expires_on_every_replica() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follower_forwards_writes_and_linearizable_reads() {
+async fn follower_forwards_writes_and_serves_linearizable_reads_at_the_leaders_read_index() {
     let c = Cluster::start(3, &[]).await;
     let f = c.follower().await;
     c.put_ok(f, "fwd", "1").await;
     assert_eq!(c.value(f, "fwd", "linearizable").await.as_deref(), Some("1"));
     let writes = c.metric(f, "ferrokv_forwarded_requests_total", Some(("kind", "write"))).await.unwrap_or(0.0);
-    let reads = c.metric(f, "ferrokv_forwarded_requests_total", Some(("kind", "read"))).await.unwrap_or(0.0);
-    assert!(writes >= 1.0 && reads >= 1.0, "forwarded writes {writes}, reads {reads}");
+    let read_index = c.metric(f, "ferrokv_forwarded_requests_total", Some(("kind", "read_index"))).await.unwrap_or(0.0);
+    assert!(writes >= 1.0 && read_index >= 1.0, "forwarded writes {writes}, read-index calls {read_index}");
     // A write through one follower is immediately visible to a linearizable read elsewhere.
     for i in 0..20 {
         let writer = c.alive()[i % 3];
