@@ -24,6 +24,14 @@
 #                       --unsafe-no-fsync, tmpfs makes its fsyncs near-free)
 #   --concurrency LIST  clients per cell, e.g. "1 16 64" (default)
 #   --workloads LIST    subset of "put get stale mix" (default: all)
+#   --spread            spread each cell's connections over all three members of
+#                       ferrokv and of etcd (one wrk per member, clients split
+#                       as evenly as possible) instead of sending them all to
+#                       the leader: what clients behind a load balancer do.
+#                       Throughput is the sum over members; the latency columns
+#                       are the worst member's percentile. Results go to
+#                       compare-<date>-<mode>-spread.*; no cross-check, and
+#                       the doc is not updated.
 #   --no-redis          skip Redis
 #   --no-cross-check    skip the ferrokv bench vs wrk cross-check
 #   --ferrokv PATH      ferrokv binary (default: target dir release build)
@@ -46,6 +54,7 @@ DOC="$ROOT/docs/benchmarks.md"
 INSTALL=1
 FERROKV=${FERROKV_BIN:-}
 QUICK=0
+SPREAD=0
 ARGS_ORIG="$*"
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -59,6 +68,7 @@ while [[ $# -gt 0 ]]; do
     --mode) MODE=$2; shift 2 ;;
     --concurrency) CONCS=$2; shift 2 ;;
     --workloads) WORKLOADS=$2; shift 2 ;;
+    --spread) SPREAD=1; DOC=""; CROSS=0; shift ;;
     --no-redis) REDIS=0; shift ;;
     --no-cross-check) CROSS=0; shift ;;
     --ferrokv) FERROKV=$2; shift 2 ;;
@@ -269,6 +279,47 @@ run_wrk() {
      error_detail: .errors, generator_cpu_s: $cpu}' <<<"$j" | tee -a "$RUNS" | summarize
 }
 
+# run_wrk_spread SYSTEM OP CONC REPEAT URL...: one wrk per URL at once, CONC
+# clients split over them; throughput adds up, latency is the worst member's.
+run_wrk_spread() {
+  local system=$1 op=$2 conc=$3 rep=$4
+  shift 4
+  local urls=("$@") n=$# pids=() i
+  local outs=() tfs=()
+  for i in "${!urls[@]}"; do
+    local ci=$((conc / n + (i < conc % n ? 1 : 0)))
+    [[ $ci -gt 0 ]] || continue
+    local out="$BASE/wrk.$i.out" tf="$BASE/time.$i.out"
+    outs+=("$out"); tfs+=("$tf")
+    (
+      if [[ $WARMUP -gt 0 ]]; then
+        KV_SYSTEM=$system KV_OP=$op KV_KEYS=$KEYS KV_VALUE_SIZE=$VALUE_SIZE \
+          timeout $((WARMUP + 30)) wrk -t 1 -c "$ci" -d "${WARMUP}s" --timeout 10s \
+          -s "$ROOT/bench/wrk/kv.lua" "${urls[$i]}" >/dev/null 2>&1 || true
+      fi
+      KV_SYSTEM=$system KV_OP=$op KV_KEYS=$KEYS KV_VALUE_SIZE=$VALUE_SIZE \
+        timeout $((DURATION + 30)) /usr/bin/time -f '%U %S' -o "$tf" \
+        wrk -t 1 -c "$ci" -d "${DURATION}s" --timeout 10s \
+        -s "$ROOT/bench/wrk/kv.lua" "${urls[$i]}" >"$out" 2>&1
+    ) &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i" || die "wrk failed: $(tail -n 3 "${outs[0]}")"; done
+  local cpu
+  cpu=$(cat "${tfs[@]}" | awk '{s += $1 + $2} END {print s}')
+  sed -n 's/^WRKJSON //p' "${outs[@]}" | jq -sc --arg system "$system" --arg wl "$op" --argjson c "$conc" \
+    --argjson rep "$rep" --argjson cpu "$cpu" --argjson members "${#outs[@]}" '
+    if length != $members then error("a wrk printed no WRKJSON") else . end |
+    {kind: "compare", system: $system, workload: $wl, concurrency: $c, repeat: $rep,
+     tool: "wrk x \($members)", requests: (map(.requests) | add),
+     elapsed_s: (map(.duration_us) | max / 1e6),
+     ops_per_sec: (map(.requests / (.duration_us / 1e6)) | add),
+     p50_us: (map(.latency_us.p50) | max), p90_us: (map(.latency_us.p90) | max),
+     p99_us: (map(.latency_us.p99) | max), max_us: (map(.latency_us.max) | max),
+     errors: (map(.errors.connect + .errors.read + .errors.write + .errors.status + .errors.timeout) | add),
+     error_detail: map(.errors), generator_cpu_s: $cpu}' | tee -a "$RUNS" | summarize
+}
+
 # run_fkbench KIND CONC REPEAT: `ferrokv bench` writes against the leader.
 run_fkbench() {
   local kind=$1 conc=$2 rep=$3 out="$BASE/bench.out" tf="$BASE/time.out"
@@ -354,8 +405,13 @@ fi
 for rep in $(seq "$REPEAT"); do
   for wl in $WORKLOADS; do
     for c in $CONCS; do
-      run_wrk compare ferrokv "$FK_URL" "$wl" "$c" "$rep"
-      run_wrk compare etcd "$ETCD_URL" "$wl" "$c" "$rep"
+      if [[ $SPREAD == 1 ]]; then
+        run_wrk_spread ferrokv "$wl" "$c" "$rep" "${FK_HTTP[@]/#/http://127.0.0.1:}"
+        run_wrk_spread etcd "$wl" "$c" "$rep" "${ETCD_CLIENT[@]/#/http://127.0.0.1:}"
+      else
+        run_wrk compare ferrokv "$FK_URL" "$wl" "$c" "$rep"
+        run_wrk compare etcd "$ETCD_URL" "$wl" "$c" "$rep"
+      fi
       if [[ $REDIS == 1 ]]; then
         case $wl in
           put) run_redis set "$c" "$rep" ;;
@@ -383,7 +439,10 @@ mem=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$ROOT/bench/results"
 prefix="$ROOT/bench/results/compare-$stamp-$MODE"
+[[ $SPREAD == 1 ]] && prefix+="-spread"
 [[ $QUICK == 1 ]] && prefix+="-quick"
+GENERATOR_TARGET="min(clients, 2) threads, all connections to the Raft leader of each system"
+[[ $SPREAD == 1 ]] && GENERATOR_TARGET="connections spread over the three members of each system, one wrk (1 thread) per member; throughput summed, latency percentiles the worst member's"
 jq -n --arg cmd "bench/compare.sh${ARGS_ORIG:+ $ARGS_ORIG}" --arg date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --arg cpu "$cpu" --arg cores "$(nproc)" --arg memory "$mem" --arg kernel "$(uname -sr)" \
   --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min)" \
@@ -396,7 +455,7 @@ jq -n --arg cmd "bench/compare.sh${ARGS_ORIG:+ $ARGS_ORIG}" --arg date "$(date -
   --arg duration "${DURATION} s measured$([[ $WARMUP -gt 0 ]] && echo " after ${WARMUP} s warm-up")$([[ $QUICK == 1 ]] && echo ' (--quick: for validating the script, not for conclusions)')" \
   --argjson duration_s "$DURATION" --arg repeat "$REPEAT" --argjson conc "[$(echo "$CONCS" | tr ' ' ',')]" \
   --arg workload "$KEYS keys (pre-populated), uniformly random, ${VALUE_SIZE}-byte values; ferrokv: PUT/GET /v1/kv/<key> (stale: ?consistency=stale); etcd: JSON gateway POST /v3/kv/put and /v3/kv/range (base64 key/value, serializable: true for stale)" \
-  --arg generator "wrk $(wrk -v 2>&1 | head -n1 | awk '{print $2}') + bench/wrk/kv.lua, one keep-alive connection per client, closed loop, min(clients, 2) threads, all connections to the Raft leader of each system; same machine as the servers" \
+  --arg generator "wrk $(wrk -v 2>&1 | head -n1 | awk '{print $2}') + bench/wrk/kv.lua, one keep-alive connection per client, closed loop, $GENERATOR_TARGET; same machine as the servers" \
   '{command: $cmd, date: $date, cpu: $cpu, cores: $cores, memory: $memory, kernel: $kernel,
     loadavg: $loadavg, ferrokv_version: $fk, etcd_version: $etcd, redis_version: $redis,
     wrk_version: $wrk, durability: $durability, threads: $threads, data_medium: $medium, duration: $duration,
