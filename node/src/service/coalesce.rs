@@ -120,22 +120,59 @@ mod tests {
     use std::time::Duration;
 
     use tokio::sync::Notify;
+    use tokio::task::JoinHandle;
 
     use super::*;
 
-    /// A call that counts how often it ran, returns its own number, and waits for `release`
-    /// before it finishes.
-    fn counted(
+    /// A coalescer whose calls count how often they ran, return their own number and wait for
+    /// `release` before they finish.
+    struct Harness {
+        coalescer: Arc<Coalescer<u64>>,
         calls: Arc<AtomicU64>,
         release: Arc<Notify>,
-    ) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = u64> + Send>> + Send + Sync + 'static {
-        move || {
-            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-            let release = release.clone();
-            Box::pin(async move {
-                release.notified().await;
-                n
+    }
+
+    impl Harness {
+        fn new(max_in_flight: usize) -> Self {
+            Harness {
+                coalescer: Arc::new(Coalescer::new(max_in_flight)),
+                calls: Arc::new(AtomicU64::new(0)),
+                release: Arc::new(Notify::new()),
+            }
+        }
+
+        /// A caller on a task of its own.
+        fn caller(&self) -> JoinHandle<Option<u64>> {
+            let (coalescer, calls, release) = (self.coalescer.clone(), self.calls.clone(), self.release.clone());
+            tokio::spawn(async move {
+                coalescer
+                    .get(move || {
+                        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                        let release = release.clone();
+                        async move {
+                            release.notified().await;
+                            n
+                        }
+                    })
+                    .await
             })
+        }
+
+        fn calls(&self) -> u64 {
+            self.calls.load(Ordering::SeqCst)
+        }
+
+        fn queued(&self) -> usize {
+            self.coalescer.lock().waiting.len()
+        }
+
+        fn running(&self) -> usize {
+            self.coalescer.lock().running
+        }
+
+        /// Let the longest-waiting call finish.
+        fn finish_one(&self) {
+            self.release.notify_one();
         }
     }
 
@@ -151,95 +188,71 @@ mod tests {
 
     #[tokio::test]
     async fn callers_that_come_while_a_call_runs_share_the_next_one() {
-        let coalescer = Arc::new(Coalescer::new(1));
-        let calls = Arc::new(AtomicU64::new(0));
-        let release = Arc::new(Notify::new());
-
-        let first = tokio::spawn({
-            let (c, calls, release) = (coalescer.clone(), calls.clone(), release.clone());
-            async move { c.get(counted(calls, release)).await }
-        });
-        eventually("the first call to start", || calls.load(Ordering::SeqCst) == 1).await;
+        let h = Harness::new(1);
+        let first = h.caller();
+        eventually("the first call to start", || h.calls() == 1).await;
 
         // Three callers arrive while call 1 runs: none may be served by it.
-        let later: Vec<_> = (0..3)
-            .map(|_| {
-                let (c, calls, release) = (coalescer.clone(), calls.clone(), release.clone());
-                tokio::spawn(async move { c.get(counted(calls, release)).await })
-            })
-            .collect();
-        eventually("the later callers to queue", || coalescer.lock().waiting.len() == 3).await;
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "no second call while the first runs");
+        let later: Vec<_> = (0..3).map(|_| h.caller()).collect();
+        eventually("the later callers to queue", || h.queued() == 3).await;
+        assert_eq!(h.calls(), 1, "no second call while the first runs");
 
-        release.notify_one();
+        h.finish_one();
         assert_eq!(first.await.expect("first caller"), Some(1));
-        eventually("the second call to start", || calls.load(Ordering::SeqCst) == 2).await;
-        release.notify_one();
+        eventually("the second call to start", || h.calls() == 2).await;
+        h.finish_one();
         for caller in later {
             assert_eq!(caller.await.expect("later caller"), Some(2), "one shared call, begun after they asked");
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-        eventually("the driver to stop", || coalescer.lock().running == 0).await;
+        assert_eq!(h.calls(), 2);
+        eventually("the driver to stop", || h.running() == 0).await;
     }
 
     #[tokio::test]
     async fn with_two_in_flight_a_caller_starts_a_second_call_at_once_and_a_third_waits() {
-        let coalescer = Arc::new(Coalescer::new(2));
-        let calls = Arc::new(AtomicU64::new(0));
-        let release = Arc::new(Notify::new());
-        let spawn_caller = || {
-            let (c, calls, release) = (coalescer.clone(), calls.clone(), release.clone());
-            tokio::spawn(async move { c.get(counted(calls, release)).await })
-        };
-        let first = spawn_caller();
-        eventually("the first call to start", || calls.load(Ordering::SeqCst) == 1).await;
-        let second = spawn_caller();
-        eventually("the second call to start", || calls.load(Ordering::SeqCst) == 2).await;
-        let third = spawn_caller();
-        eventually("the third caller to queue", || coalescer.lock().waiting.len() == 1).await;
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "no third call while two run");
+        let h = Harness::new(2);
+        let first = h.caller();
+        eventually("the first call to start", || h.calls() == 1).await;
+        let second = h.caller();
+        eventually("the second call to start", || h.calls() == 2).await;
+        let third = h.caller();
+        eventually("the third caller to queue", || h.queued() == 1).await;
+        assert_eq!(h.calls(), 2, "no third call while two run");
 
         // Calls end in the order they started (Notify wakes the longest waiter first).
-        release.notify_one();
+        h.finish_one();
         assert_eq!(first.await.expect("first caller"), Some(1));
-        eventually("the third call to start", || calls.load(Ordering::SeqCst) == 3).await;
-        release.notify_one();
+        eventually("the third call to start", || h.calls() == 3).await;
+        h.finish_one();
         assert_eq!(second.await.expect("second caller"), Some(2));
-        release.notify_one();
+        h.finish_one();
         assert_eq!(third.await.expect("third caller"), Some(3), "served by a call begun after it asked");
-        eventually("both tasks to stop", || coalescer.lock().running == 0).await;
+        eventually("both tasks to stop", || h.running() == 0).await;
     }
 
     #[tokio::test]
     async fn a_new_caller_after_an_idle_period_starts_a_new_call() {
-        let coalescer = Arc::new(Coalescer::new(1));
+        let h = Harness::new(1);
         for expected in 1..=3u64 {
-            let n = Arc::new(AtomicU64::new(expected));
-            let value = coalescer.get(move || std::future::ready(n.load(Ordering::SeqCst))).await;
-            assert_eq!(value, Some(expected));
-            eventually("the driver to stop", || coalescer.lock().running == 0).await;
+            let caller = h.caller();
+            eventually("the call to start", || h.calls() == expected).await;
+            h.finish_one();
+            assert_eq!(caller.await.expect("caller"), Some(expected));
+            eventually("the driver to stop", || h.running() == 0).await;
         }
     }
 
     #[tokio::test]
     async fn a_caller_that_gives_up_does_not_cancel_the_call_of_the_others() {
-        let coalescer = Arc::new(Coalescer::new(1));
-        let calls = Arc::new(AtomicU64::new(0));
-        let release = Arc::new(Notify::new());
-        let quitter = tokio::spawn({
-            let (c, calls, release) = (coalescer.clone(), calls.clone(), release.clone());
-            async move { c.get(counted(calls, release)).await }
-        });
-        eventually("the call to start", || calls.load(Ordering::SeqCst) == 1).await;
-        let stayer = tokio::spawn({
-            let (c, calls, release) = (coalescer.clone(), calls.clone(), release.clone());
-            async move { c.get(counted(calls, release)).await }
-        });
-        eventually("the second caller to queue", || coalescer.lock().waiting.len() == 1).await;
+        let h = Harness::new(1);
+        let quitter = h.caller();
+        eventually("the call to start", || h.calls() == 1).await;
+        let stayer = h.caller();
+        eventually("the second caller to queue", || h.queued() == 1).await;
         quitter.abort();
-        release.notify_one();
-        eventually("the second call to start", || calls.load(Ordering::SeqCst) == 2).await;
-        release.notify_one();
+        h.finish_one();
+        eventually("the second call to start", || h.calls() == 2).await;
+        h.finish_one();
         assert_eq!(stayer.await.expect("stayer"), Some(2));
     }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferrokv_proto::ForwardReply;
 use ferrokv_proto::ReadIndexRequest;
 use ferrokv_proto::ReadRequest;
 use openraft::ReadPolicy;
@@ -19,6 +20,7 @@ use openraft::raft::linearizable_read::Linearizer;
 use openraft::raft::linearizable_read::ReadLogId;
 use serde::Deserialize;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::codec;
@@ -238,18 +240,27 @@ impl Service {
         let mut client = self.pool.kv(addr).map_err(|e| Retry::Fail(ApiError::internal(e.to_string())))?;
         self.metrics.forwarded.with_label_values(&["0", "read"]).inc();
         let call = client.read(ReadRequest { group_id: DATA_GROUP, query: Bytes::from(bytes) });
-        match tokio::time::timeout_at(deadline, call).await {
-            Err(_) => Err(Retry::Fail(ApiError::no_quorum("the leader did not confirm the read in time"))),
-            // Reads change nothing, and the leader answers its own errors inside the reply: any
-            // failed call (refused, reset, cut off mid-stream) is retried until the deadline.
-            Ok(Err(status)) => {
-                if !is_connect_error(&status) {
-                    tracing::debug!("forwarding a read failed ({}); retrying", status.message());
-                }
-                Err(Retry::Again)
+        leader_reply(call, deadline, "forwarding a read").await
+    }
+}
+
+/// The answer to a read-only call to the leader (`what` names the call in logs). Reads change
+/// nothing, and the leader answers its own errors inside the reply: any failed call (refused,
+/// reset, cut off mid-stream) is retried until the deadline.
+async fn leader_reply<T: DeserializeOwned>(
+    call: impl Future<Output = Result<tonic::Response<ForwardReply>, tonic::Status>>,
+    deadline: Instant,
+    what: &str,
+) -> Result<T, Retry> {
+    match tokio::time::timeout_at(deadline, call).await {
+        Err(_) => Err(Retry::Fail(ApiError::no_quorum("the leader did not confirm the read in time"))),
+        Ok(Err(status)) => {
+            if !is_connect_error(&status) {
+                tracing::debug!("{what} failed ({}); retrying", status.message());
             }
-            Ok(Ok(r)) => decode_forward_reply(r.into_inner()),
+            Err(Retry::Again)
         }
+        Ok(Ok(r)) => decode_forward_reply(r.into_inner()),
     }
 }
 
@@ -261,16 +272,8 @@ async fn fetch_read_index(core: Arc<Core>, pool: PeerPool, metrics: Arc<Metrics>
     };
     let mut client = pool.kv(&addr).map_err(|e| Retry::Fail(ApiError::internal(e.to_string())))?;
     metrics.forwarded.with_label_values(&["0", "read_index"]).inc();
-    match tokio::time::timeout(timeout, client.read_index(ReadIndexRequest { group_id: DATA_GROUP })).await {
-        Err(_) => Err(Retry::Fail(ApiError::no_quorum("the leader did not confirm the read in time"))),
-        Ok(Err(status)) => {
-            if !is_connect_error(&status) {
-                tracing::debug!("asking the leader for a read index failed ({}); retrying", status.message());
-            }
-            Err(Retry::Again)
-        }
-        Ok(Ok(r)) => decode_forward_reply(r.into_inner()),
-    }
+    let call = client.read_index(ReadIndexRequest { group_id: DATA_GROUP });
+    leader_reply(call, Instant::now() + timeout, "asking the leader for a read index").await
 }
 
 /// The API error for a failed confirmation of leadership.
