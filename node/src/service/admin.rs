@@ -91,7 +91,7 @@ impl Service {
     /// that is already a member under an older Raft id (its data was wiped) is replaced.
     pub async fn add_member(&self, member: Member) -> Result<RaftId, ApiError> {
         let core = self.core()?;
-        match self.route(core) {
+        match core.leader_route() {
             Route::Local => self.add_member_as_leader(core, member).await,
             Route::Remote(addr) => {
                 let mut client = self.pool.admin(&addr).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -118,7 +118,7 @@ impl Service {
 
     pub async fn add_member_as_leader(&self, core: &Core, member: Member) -> Result<RaftId, ApiError> {
         let _serial = self.admin_lock.lock().await;
-        if !matches!(self.route(core), Route::Local) {
+        if !matches!(core.leader_route(), Route::Local) {
             return Err(ApiError::unavailable("not_leader", "this node is not the leader"));
         }
         // Allocate a never-used Raft id from the log (see membership.rs).
@@ -169,7 +169,7 @@ impl Service {
     /// Remove every Raft member of node `node_id`.
     pub async fn remove_member(&self, node_id: u64) -> Result<(), ApiError> {
         let core = self.core()?;
-        match self.route(core) {
+        match core.leader_route() {
             Route::Local => self.remove_member_as_leader(core, node_id).await,
             Route::Remote(addr) => {
                 let mut client = self.pool.admin(&addr).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -186,7 +186,7 @@ impl Service {
 
     pub async fn remove_member_as_leader(&self, core: &Core, node_id: u64) -> Result<(), ApiError> {
         let _serial = self.admin_lock.lock().await;
-        if !matches!(self.route(core), Route::Local) {
+        if !matches!(core.leader_route(), Route::Local) {
             return Err(ApiError::unavailable("not_leader", "this node is not the leader"));
         }
         let m = core.raft.metrics().borrow_watched().clone();
@@ -222,7 +222,7 @@ impl Service {
     /// Hand leadership to node `to` (or the most caught-up other voter) and wait for it.
     pub async fn transfer_leadership(&self, to: Option<u64>) -> Result<Option<u64>, ApiError> {
         let core = self.core()?;
-        match self.route(core) {
+        match core.leader_route() {
             Route::Local => self.transfer_leadership_as_leader(core, to).await,
             Route::Remote(addr) => {
                 let mut client = self.pool.admin(&addr).map_err(|e| ApiError::internal(e.to_string()))?;

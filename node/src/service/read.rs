@@ -123,7 +123,7 @@ impl Service {
         }
         let deadline = Instant::now() + self.cfg.request_timeout();
         loop {
-            match self.route(core) {
+            match core.leader_route() {
                 Route::Local => {
                     if let Some(out) = self.read_as_leader(core, &query, deadline).await? {
                         return Ok(out);

@@ -41,11 +41,6 @@ pub(super) enum Route {
 }
 
 impl Service {
-    /// Where the group leader is, as far as this node knows.
-    pub(super) fn route(&self, core: &Core) -> Route {
-        core.leader_route()
-    }
-
     /// Commit `cmd` through the group leader, wherever it is.
     pub async fn write(&self, cmd: Command) -> Result<WriteOutcome, ApiError> {
         let deadline = Instant::now() + self.cfg.request_timeout();
@@ -61,7 +56,7 @@ impl Service {
     async fn write_until(&self, cmd: Command, deadline: Instant, may_forward: bool) -> Result<WriteOutcome, ApiError> {
         let core = self.core()?;
         loop {
-            match self.route(core) {
+            match core.leader_route() {
                 Route::Local => {
                     // `None`: leadership moved before the proposal, so route again.
                     if let Some(outcome) = self.propose(core, cmd.clone(), deadline).await? {
