@@ -1,21 +1,23 @@
 //! One call shared by the callers that wait for it, each served by a call that began after it
 //! asked.
 //!
-//! A follower answers a linearizable read once it has applied the leader's read index, which it
-//! asks the leader for. The index must be fetched *after* the read arrived (an index fetched
-//! earlier may miss a write acknowledged in between), but one fetch serves every read that
-//! arrived before it left. So a few calls at most run at a time: callers that come while all of
-//! them run wait for the next one, which starts as soon as a running one ends and carries all
-//! of them. Under load a follower then makes a few calls per round trip to the leader, however
-//! many reads it serves; with more than one call in flight a read waits less for the next call
-//! to leave.
+//! A linearizable read needs a read index obtained *after* it arrived: on the leader, a
+//! confirmation of its leadership by a heartbeat round; on a follower, a read-index call to the
+//! leader. An index obtained earlier may miss a write acknowledged in between, but one obtained
+//! later serves every read that arrived before it was asked for. So a few calls at most run at
+//! a time: callers that come while all of them run wait for the next one, which starts as soon
+//! as a running one ends and carries all of them. Under load a node then makes a few calls per
+//! round trip, however many reads it serves. A caller that finds a free slot makes its own call
+//! on its own task, so a lone read pays no hand-off to another task.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
 use std::sync::PoisonError;
 
+use futures::FutureExt as _;
 use tokio::sync::oneshot;
 
 /// Shares calls between concurrent callers; see the module docs.
@@ -44,31 +46,36 @@ impl<T> Coalescer<T> {
 }
 
 impl<T: Clone + Send + 'static> Coalescer<T> {
-    /// The result of a call of `call` that started after this method was entered. The calls
-    /// run on tasks of their own (so a caller that gives up does not cancel the others' call);
-    /// a caller that finds fewer than `max_in_flight` tasks running starts one with its `call`.
-    /// `None` if the task ended without an answer (it panicked, or the runtime is shutting
-    /// down).
+    /// The result of a call of `call` that started after this method was entered. A caller
+    /// that finds fewer than `max_in_flight` calls running makes its own call, on its own task:
+    /// nobody else can share it (a caller that comes while it runs needs a call that begins
+    /// later), so a lone caller pays no hand-off. Callers that come while all slots are taken
+    /// wait for the next call, which runs on a task of its own (so a caller that gives up does
+    /// not cancel the others' call) as soon as a slot is free. `None` if the call panicked or
+    /// its task ended without an answer (the runtime is shutting down).
     pub async fn get<F, Fut>(self: &Arc<Self>, call: F) -> Option<T>
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let start = {
+        let own_call = {
             let mut batch = self.lock();
-            batch.waiting.push(tx);
-            let start = batch.running < self.max_in_flight;
-            if start {
+            let own_call = batch.running < self.max_in_flight;
+            if own_call {
                 batch.running += 1;
+            } else {
+                batch.waiting.push(tx);
             }
-            start
+            own_call
         };
-        if start {
-            let this = self.clone();
-            tokio::spawn(async move { this.drive(call).await });
+        if !own_call {
+            return rx.await.ok();
         }
-        rx.await.ok()
+        let own = call();
+        // Dropped when the call ends, and also when this caller gives up mid-call.
+        let _slot = Slot { coalescer: self.clone(), call: Some(call) };
+        AssertUnwindSafe(own).catch_unwind().await.ok()
     }
 
     /// Run calls while anyone waits, each for everyone who was waiting when it started.
@@ -92,6 +99,43 @@ impl<T: Clone + Send + 'static> Coalescer<T> {
                 // A caller that gave up has dropped its receiver: nothing to tell it.
                 let _ = tx.send(result.clone());
             }
+        }
+    }
+}
+
+/// The slot of a caller's own call, handed on when the call ends or is dropped: to a task that
+/// serves the callers who came meanwhile, or freed if none did.
+struct Slot<T, F, Fut>
+where
+    T: Clone + Send + 'static,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    coalescer: Arc<Coalescer<T>>,
+    call: Option<F>,
+}
+
+impl<T, F, Fut> Drop for Slot<T, F, Fut>
+where
+    T: Clone + Send + 'static,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    fn drop(&mut self) {
+        let mut batch = self.coalescer.lock();
+        if !batch.waiting.is_empty()
+            && let (Some(call), Ok(runtime)) = (self.call.take(), tokio::runtime::Handle::try_current())
+        {
+            // The task takes over this slot (`running` stays as it is).
+            drop(batch);
+            let coalescer = self.coalescer.clone();
+            runtime.spawn(async move { coalescer.drive(call).await });
+            return;
+        }
+        batch.running -= 1;
+        if batch.running == 0 {
+            // No runtime to run a call on: those waiting learn that no answer will come.
+            batch.waiting.clear();
         }
     }
 }
@@ -184,6 +228,18 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_finds_a_free_slot_makes_the_call_on_its_own_task() {
+        let coalescer: Arc<Coalescer<Option<tokio::task::Id>>> = Arc::new(Coalescer::new(1));
+        let caller = tokio::spawn({
+            let coalescer = coalescer.clone();
+            async move { (tokio::task::id(), coalescer.get(|| async { tokio::task::try_id() }).await) }
+        });
+        let (caller_task, call_task) = caller.await.expect("caller");
+        assert_eq!(call_task, Some(Some(caller_task)), "no hand-off to another task");
+        assert_eq!(coalescer.lock().running, 0, "the slot is free again");
     }
 
     #[tokio::test]

@@ -35,6 +35,7 @@ use crate::types::Raft;
 use crate::types::RaftId;
 use coalesce::Coalescer;
 use openraft::async_runtime::WatchReceiver as _;
+use read::LEADERSHIP_CONFIRMATIONS_IN_FLIGHT;
 use read::READ_INDEX_CALLS_IN_FLIGHT;
 use read::ReadIndexRound;
 use write::Route;
@@ -47,11 +48,21 @@ pub struct Core {
     pub log: LogStore,
     /// Read-index calls to the leader, shared by this follower's linearizable reads.
     read_index: Arc<Coalescer<ReadIndexRound>>,
+    /// Confirmations of this node's leadership, shared by its linearizable reads and the
+    /// followers' read-index calls while it leads.
+    leader_read_index: Arc<Coalescer<ReadIndexRound>>,
 }
 
 impl Core {
     pub fn new(raft: Raft, raft_id: RaftId, sm: StateMachineStore, log: LogStore) -> Self {
-        Core { raft, raft_id, sm, log, read_index: Arc::new(Coalescer::new(READ_INDEX_CALLS_IN_FLIGHT)) }
+        Core {
+            raft,
+            raft_id,
+            sm,
+            log,
+            read_index: Arc::new(Coalescer::new(READ_INDEX_CALLS_IN_FLIGHT)),
+            leader_read_index: Arc::new(Coalescer::new(LEADERSHIP_CONFIRMATIONS_IN_FLIGHT)),
+        }
     }
 
     /// Where the group leader is, as far as this node knows.

@@ -1,5 +1,7 @@
 //! Reads. `linearizable` (the default) reads are confirmed by the leader (read index or lease).
-//! The leader serves them from its state machine. A follower asks the leader for the read index
+//! The leader serves them from its state machine once it has applied the read index of a
+//! confirmation of its leadership that began after they arrived (one confirmation shared by
+//! the reads that wait for it, see `coalesce`). A follower asks the leader for the read index
 //! (one call shared by the reads that arrived before it left, see `coalesce`), waits until it
 //! has applied that far, and serves them from its own state machine; a follower that lags too
 //! far behind forwards the read to the leader instead. `stale` reads are served by the
@@ -36,8 +38,10 @@ use crate::service::write::Retry;
 use crate::service::write::Route;
 use crate::service::write::decode_forward_reply;
 use crate::state::KvRecord;
+use crate::storage::SmData;
 use crate::types::DATA_GROUP;
 use crate::types::LogId;
+use crate::types::Raft;
 use crate::types::TypeConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +119,12 @@ pub(super) type ReadIndexRound = Result<LogId, Retry>;
 /// with two, it waits for about half of it.
 pub(super) const READ_INDEX_CALLS_IN_FLIGHT: usize = 2;
 
+/// Confirmations of its leadership the leader keeps in flight for its reads and the followers'
+/// read-index calls (each waits for a heartbeat round, openraft's ReadIndex). One: the reads
+/// that arrive during a round all share the next one; a second round in flight made more
+/// heartbeat rounds and fewer reads per second.
+pub(super) const LEADERSHIP_CONFIRMATIONS_IN_FLIGHT: usize = 1;
+
 impl Service {
     pub async fn read(&self, query: ReadQuery, consistency: Consistency) -> Result<ReadOutcome, ApiError> {
         let core = self.core()?;
@@ -124,11 +134,11 @@ impl Service {
         let deadline = Instant::now() + self.cfg.request_timeout();
         loop {
             match core.leader_route() {
-                Route::Local => {
-                    if let Some(out) = self.read_as_leader(core, &query, deadline).await? {
-                        return Ok(out);
-                    }
-                }
+                Route::Local => match self.read_as_leader(core, &query, deadline).await {
+                    Ok(out) => return Ok(out),
+                    Err(Retry::Again) => {}
+                    Err(Retry::Fail(e)) => return Err(e),
+                },
                 Route::Remote(addr) => match self.read_on_follower(core, &addr, &query, deadline).await {
                     Ok(out) => return Ok(out),
                     Err(Retry::Again) => {}
@@ -149,35 +159,45 @@ impl Service {
     pub async fn read_index_as_leader(&self) -> Result<LogId, ApiError> {
         let core = self.core()?;
         let deadline = Instant::now() + self.cfg.request_timeout();
-        match tokio::time::timeout_at(deadline, core.raft.get_read_linearizer(self.read_policy())).await {
-            Ok(Ok(linearizer)) => Ok(*linearizer.read_log_id().log_id()),
-            Ok(Err(e)) => Err(linearizable_read_error(e)),
-            Err(_) => Err(ApiError::no_quorum("leadership could not be confirmed in time")),
-        }
+        self.leader_read_index(core, deadline).await.map_err(not_leader_or)
     }
 
     /// Serve a forwarded linearizable read; `not_leader` when this node does not lead.
     pub async fn read_forwarded(&self, query: ReadQuery) -> Result<ReadOutcome, ApiError> {
         let core = self.core()?;
         let deadline = Instant::now() + self.cfg.request_timeout();
-        self.read_as_leader(core, &query, deadline)
-            .await?
-            .ok_or_else(|| ApiError::unavailable("not_leader", "this node is not the leader"))
+        self.read_as_leader(core, &query, deadline).await.map_err(not_leader_or)
     }
 
-    /// Confirm leadership, wait until the read index is applied, then read. `Ok(None)` when
-    /// this node is not the leader.
+    /// Confirm leadership, wait until the read index is applied, then read. `Retry::Again`
+    /// when this node is not the leader.
     async fn read_as_leader(
         &self,
-        core: &Core,
+        core: &Arc<Core>,
         query: &ReadQuery,
         deadline: Instant,
-    ) -> Result<Option<ReadOutcome>, ApiError> {
-        match tokio::time::timeout_at(deadline, core.raft.ensure_linearizable(self.read_policy())).await {
-            Ok(Ok(_)) => Ok(Some(self.read_local(core, query))),
-            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Ok(None),
-            Ok(Err(e)) => Err(linearizable_read_error(e)),
-            Err(_) => Err(ApiError::no_quorum("leadership could not be confirmed in time")),
+    ) -> Result<ReadOutcome, Retry> {
+        let log_id = self.leader_read_index(core, deadline).await?;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        self.read_at(core, log_id, query, wait)
+            .await
+            .map_err(Retry::Fail)?
+            .ok_or_else(|| Retry::Fail(ApiError::no_quorum("the read index was not applied in time")))
+    }
+
+    /// The leader's read index, from a confirmation of its leadership that began after this
+    /// call (one shared by the reads and the followers' read-index calls waiting for it, see
+    /// `coalesce`). `Retry::Again` when this node is not the leader.
+    async fn leader_read_index(&self, core: &Arc<Core>, deadline: Instant) -> Result<LogId, Retry> {
+        let confirm = {
+            let (raft, policy, timeout) = (core.raft.clone(), self.read_policy(), self.cfg.request_timeout());
+            move || confirm_leadership(raft.clone(), policy.clone(), timeout)
+        };
+        match tokio::time::timeout_at(deadline, core.leader_read_index.get(confirm)).await {
+            Err(_) => Err(Retry::Fail(ApiError::no_quorum("leadership could not be confirmed in time"))),
+            // The call's task ended without an answer: ask again.
+            Ok(None) => Err(Retry::Again),
+            Ok(Some(round)) => round,
         }
     }
 
@@ -210,29 +230,37 @@ impl Service {
             Ok(Some(round)) => round?,
         };
         let wait = FOLLOWER_APPLY_WAIT.min(deadline.saturating_duration_since(Instant::now()));
+        match self.read_at(core, log_id, query, wait).await.map_err(Retry::Fail)? {
+            Some(out) => Ok(out),
+            None => self.forward_read(leader, query, deadline).await,
+        }
+    }
+
+    /// Serve `query` once this node has applied `log_id`, waiting for that up to `wait`;
+    /// `None` if it did not get that far in time.
+    async fn read_at(
+        &self,
+        core: &Core,
+        log_id: LogId,
+        query: &ReadQuery,
+        wait: Duration,
+    ) -> Result<Option<ReadOutcome>, ApiError> {
+        // Usually applied already: checked under the state's lock, no waiting machinery.
+        let applied = core.sm.read(|sm| (sm.applied_index() >= log_id.index).then(|| read_state(sm, query)));
+        if applied.is_some() {
+            return Ok(applied);
+        }
         let linearizer = Linearizer::new(core.raft_id, ReadLogId::from_log_id(log_id), None);
         match linearizer.try_await_ready(&core.raft, Some(wait)).await {
-            Ok(Ok(_)) => Ok(self.read_local(core, query)),
-            Ok(Err(_)) => self.forward_read(leader, query, deadline).await,
-            Err(fatal) => Err(Retry::Fail(ApiError::internal(fatal.to_string()))),
+            Ok(Ok(_)) => Ok(Some(self.read_local(core, query))),
+            Ok(Err(_)) => Ok(None),
+            Err(fatal) => Err(ApiError::internal(fatal.to_string())),
         }
     }
 
     /// Read this node's own state machine.
     pub fn read_local(&self, core: &Core, query: &ReadQuery) -> ReadOutcome {
-        let now = now_ms();
-        core.sm.read(|sm| match query {
-            ReadQuery::Get { key } => {
-                ReadOutcome::Get(sm.kv.get(key, now).map(|r| WireRecord::new(key.clone(), r.to_record(), now)))
-            }
-            ReadQuery::Scan { prefix, after, limit } => {
-                let page = sm.kv.scan(prefix, after.as_deref(), *limit, now);
-                ReadOutcome::Scan {
-                    items: page.items.into_iter().map(|(k, r)| WireRecord::new(k, r, now)).collect(),
-                    next_after: page.next_after,
-                }
-            }
-        })
+        core.sm.read(|sm| read_state(sm, query))
     }
 
     async fn forward_read(&self, addr: &str, query: &ReadQuery, deadline: Instant) -> Result<ReadOutcome, Retry> {
@@ -276,12 +304,45 @@ async fn fetch_read_index(core: Arc<Core>, pool: PeerPool, metrics: Arc<Metrics>
     leader_reply(call, Instant::now() + timeout, "asking the leader for a read index").await
 }
 
+/// Confirm this node's leadership once (the call the coalescer shares): the read index, or
+/// `Retry::Again` when another node leads.
+async fn confirm_leadership(raft: Raft, policy: ReadPolicy, timeout: Duration) -> ReadIndexRound {
+    match tokio::time::timeout(timeout, raft.get_read_linearizer(policy)).await {
+        Ok(Ok(linearizer)) => Ok(*linearizer.read_log_id().log_id()),
+        Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Err(Retry::Again),
+        Ok(Err(e)) => Err(Retry::Fail(linearizable_read_error(e))),
+        Err(_) => Err(Retry::Fail(ApiError::no_quorum("leadership could not be confirmed in time"))),
+    }
+}
+
+/// Answer `query` from a state machine.
+fn read_state(sm: &SmData, query: &ReadQuery) -> ReadOutcome {
+    let now = now_ms();
+    match query {
+        ReadQuery::Get { key } => {
+            ReadOutcome::Get(sm.kv.get(key, now).map(|r| WireRecord::new(key.clone(), r.to_record(), now)))
+        }
+        ReadQuery::Scan { prefix, after, limit } => {
+            let page = sm.kv.scan(prefix, after.as_deref(), *limit, now);
+            ReadOutcome::Scan {
+                items: page.items.into_iter().map(|(k, r)| WireRecord::new(k, r, now)).collect(),
+                next_after: page.next_after,
+            }
+        }
+    }
+}
+
+/// A call to this node as leader that found another node leading answers `not_leader`.
+fn not_leader_or(retry: Retry) -> ApiError {
+    match retry {
+        Retry::Again => ApiError::unavailable("not_leader", "this node is not the leader"),
+        Retry::Fail(e) => e,
+    }
+}
+
 /// The API error for a failed confirmation of leadership.
 fn linearizable_read_error(e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> ApiError {
     match e {
-        RaftError::APIError(LinearizableReadError::ForwardToLeader(_)) => {
-            ApiError::unavailable("not_leader", "this node is not the leader")
-        }
         RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)) => {
             ApiError::no_quorum(format!("leadership could not be confirmed: {e}"))
         }
