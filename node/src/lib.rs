@@ -42,4 +42,6 @@ pub mod service;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 pub mod types;

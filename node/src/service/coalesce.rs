@@ -161,12 +161,12 @@ impl<T> Drop for ResetOnPanic<'_, T> {
 mod tests {
     use std::sync::atomic::AtomicU64;
     use std::sync::atomic::Ordering;
-    use std::time::Duration;
 
     use tokio::sync::Notify;
     use tokio::task::JoinHandle;
 
     use super::*;
+    use crate::test_support::wait_until;
 
     /// A coalescer whose calls count how often they ran, return their own number and wait for
     /// `release` before they finish.
@@ -220,16 +220,6 @@ mod tests {
         }
     }
 
-    async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-        for _ in 0..500 {
-            if cond() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        panic!("timed out waiting for {what}");
-    }
-
     #[tokio::test]
     async fn a_caller_that_finds_a_free_slot_makes_the_call_on_its_own_task() {
         let coalescer: Arc<Coalescer<Option<tokio::task::Id>>> = Arc::new(Coalescer::new(1));
@@ -246,44 +236,44 @@ mod tests {
     async fn callers_that_come_while_a_call_runs_share_the_next_one() {
         let h = Harness::new(1);
         let first = h.caller();
-        eventually("the first call to start", || h.calls() == 1).await;
+        wait_until("the first call to start", || h.calls() == 1).await;
 
         // Three callers arrive while call 1 runs: none may be served by it.
         let later: Vec<_> = (0..3).map(|_| h.caller()).collect();
-        eventually("the later callers to queue", || h.queued() == 3).await;
+        wait_until("the later callers to queue", || h.queued() == 3).await;
         assert_eq!(h.calls(), 1, "no second call while the first runs");
 
         h.finish_one();
         assert_eq!(first.await.expect("first caller"), Some(1));
-        eventually("the second call to start", || h.calls() == 2).await;
+        wait_until("the second call to start", || h.calls() == 2).await;
         h.finish_one();
         for caller in later {
             assert_eq!(caller.await.expect("later caller"), Some(2), "one shared call, begun after they asked");
         }
         assert_eq!(h.calls(), 2);
-        eventually("the driver to stop", || h.running() == 0).await;
+        wait_until("the driver to stop", || h.running() == 0).await;
     }
 
     #[tokio::test]
     async fn with_two_in_flight_a_caller_starts_a_second_call_at_once_and_a_third_waits() {
         let h = Harness::new(2);
         let first = h.caller();
-        eventually("the first call to start", || h.calls() == 1).await;
+        wait_until("the first call to start", || h.calls() == 1).await;
         let second = h.caller();
-        eventually("the second call to start", || h.calls() == 2).await;
+        wait_until("the second call to start", || h.calls() == 2).await;
         let third = h.caller();
-        eventually("the third caller to queue", || h.queued() == 1).await;
+        wait_until("the third caller to queue", || h.queued() == 1).await;
         assert_eq!(h.calls(), 2, "no third call while two run");
 
         // Calls end in the order they started (Notify wakes the longest waiter first).
         h.finish_one();
         assert_eq!(first.await.expect("first caller"), Some(1));
-        eventually("the third call to start", || h.calls() == 3).await;
+        wait_until("the third call to start", || h.calls() == 3).await;
         h.finish_one();
         assert_eq!(second.await.expect("second caller"), Some(2));
         h.finish_one();
         assert_eq!(third.await.expect("third caller"), Some(3), "served by a call begun after it asked");
-        eventually("both tasks to stop", || h.running() == 0).await;
+        wait_until("both tasks to stop", || h.running() == 0).await;
     }
 
     #[tokio::test]
@@ -291,10 +281,10 @@ mod tests {
         let h = Harness::new(1);
         for expected in 1..=3u64 {
             let caller = h.caller();
-            eventually("the call to start", || h.calls() == expected).await;
+            wait_until("the call to start", || h.calls() == expected).await;
             h.finish_one();
             assert_eq!(caller.await.expect("caller"), Some(expected));
-            eventually("the driver to stop", || h.running() == 0).await;
+            wait_until("the driver to stop", || h.running() == 0).await;
         }
     }
 
@@ -302,12 +292,12 @@ mod tests {
     async fn a_caller_that_gives_up_does_not_cancel_the_call_of_the_others() {
         let h = Harness::new(1);
         let quitter = h.caller();
-        eventually("the call to start", || h.calls() == 1).await;
+        wait_until("the call to start", || h.calls() == 1).await;
         let stayer = h.caller();
-        eventually("the second caller to queue", || h.queued() == 1).await;
+        wait_until("the second caller to queue", || h.queued() == 1).await;
         quitter.abort();
         h.finish_one();
-        eventually("the second call to start", || h.calls() == 2).await;
+        wait_until("the second call to start", || h.calls() == 2).await;
         h.finish_one();
         assert_eq!(stayer.await.expect("stayer"), Some(2));
     }

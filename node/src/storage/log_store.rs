@@ -1299,6 +1299,7 @@ mod tests {
 
     use super::*;
     use crate::command::Command;
+    use crate::test_support::wait_until;
     use crate::types::Member;
     use crate::types::Membership;
 
@@ -1764,16 +1765,6 @@ mod tests {
         let (tx, rx) = TypeConfig::oneshot();
         store.append(vec![entry], IOFlushed::signal(tx)).await.unwrap();
         rx
-    }
-
-    async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-        for _ in 0..2000 {
-            if condition() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        panic!("timed out waiting for {what}");
     }
 
     #[tokio::test]
