@@ -28,7 +28,7 @@ pub struct Coalescer<T> {
 }
 
 struct Batch<T> {
-    /// Tasks running calls.
+    /// Calls running: callers making their own, and tasks making them for those who wait.
     running: usize,
     /// Callers waiting for the next call to start.
     waiting: Vec<oneshot::Sender<T>>,
@@ -72,9 +72,11 @@ impl<T: Clone + Send + 'static> Coalescer<T> {
         if !own_call {
             return rx.await.ok();
         }
+        // Dropped when the call ends, when this caller gives up mid-call, and also if `call`
+        // itself panics (before the slot holds it).
+        let mut slot = Slot { coalescer: self.clone(), call: None };
         let own = call();
-        // Dropped when the call ends, and also when this caller gives up mid-call.
-        let _slot = Slot { coalescer: self.clone(), call: Some(call) };
+        slot.call = Some(call);
         AssertUnwindSafe(own).catch_unwind().await.ok()
     }
 
@@ -134,7 +136,8 @@ where
         }
         batch.running -= 1;
         if batch.running == 0 {
-            // No runtime to run a call on: those waiting learn that no answer will come.
+            // Nobody left to make a call for those waiting (no runtime to run one on, or the
+            // call panicked before the slot held it): they learn that no answer will come.
             batch.waiting.clear();
         }
     }
@@ -300,6 +303,18 @@ mod tests {
         wait_until("the second call to start", || h.calls() == 2).await;
         h.finish_one();
         assert_eq!(stayer.await.expect("stayer"), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_call_that_panics_before_its_future_exists_frees_its_slot() {
+        let coalescer: Arc<Coalescer<u64>> = Arc::new(Coalescer::new(1));
+        let caller = tokio::spawn({
+            let coalescer = coalescer.clone();
+            async move { coalescer.get(|| -> std::future::Ready<u64> { panic!("injected failure of a call") }).await }
+        });
+        assert!(caller.await.is_err(), "the panic reaches the caller that made the call");
+        assert_eq!(coalescer.lock().running, 0, "the slot is free again");
+        assert_eq!(coalescer.get(|| std::future::ready(7)).await, Some(7));
     }
 
     #[tokio::test]

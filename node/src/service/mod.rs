@@ -48,8 +48,8 @@ pub struct Core {
     pub log: LogStore,
     /// Read-index calls to the leader, shared by this follower's linearizable reads.
     read_index: Arc<Coalescer<ReadIndexRound>>,
-    /// Confirmations of this node's leadership, shared by its linearizable reads and the
-    /// followers' read-index calls while it leads.
+    /// Confirmations of this node's leadership, shared by its linearizable reads, the reads
+    /// forwarded to it and the followers' read-index calls while it leads.
     leader_read_index: Arc<Coalescer<ReadIndexRound>>,
 }
 

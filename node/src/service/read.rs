@@ -171,12 +171,7 @@ impl Service {
 
     /// Confirm leadership, wait until the read index is applied, then read. `Retry::Again`
     /// when this node is not the leader.
-    async fn read_as_leader(
-        &self,
-        core: &Arc<Core>,
-        query: &ReadQuery,
-        deadline: Instant,
-    ) -> Result<ReadOutcome, Retry> {
+    async fn read_as_leader(&self, core: &Core, query: &ReadQuery, deadline: Instant) -> Result<ReadOutcome, Retry> {
         let log_id = self.leader_read_index(core, deadline).await?;
         let wait = deadline.saturating_duration_since(Instant::now());
         self.read_at(core, log_id, query, wait)
@@ -188,15 +183,14 @@ impl Service {
     /// The leader's read index, from a confirmation of its leadership that began after this
     /// call (one shared by the reads and the followers' read-index calls waiting for it, see
     /// `coalesce`). `Retry::Again` when this node is not the leader.
-    async fn leader_read_index(&self, core: &Arc<Core>, deadline: Instant) -> Result<LogId, Retry> {
+    async fn leader_read_index(&self, core: &Core, deadline: Instant) -> Result<LogId, Retry> {
         let confirm = {
             let (raft, policy, timeout) = (core.raft.clone(), self.read_policy(), self.cfg.request_timeout());
             move || confirm_leadership(raft.clone(), policy.clone(), timeout)
         };
         match tokio::time::timeout_at(deadline, core.leader_read_index.get(confirm)).await {
             Err(_) => Err(Retry::Fail(ApiError::no_quorum("leadership could not be confirmed in time"))),
-            // The call's task ended without an answer: ask again.
-            Ok(None) => Err(Retry::Again),
+            Ok(None) => Err(Retry::Fail(ApiError::internal("the confirmation of leadership ended without an answer"))),
             Ok(Some(round)) => round,
         }
     }
