@@ -321,9 +321,14 @@ impl Drop for Cluster {
 
 /// Assert an error response: status and stable code.
 pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) {
+    expect_error_one_of(resp, status, &[code]).await;
+}
+
+/// Assert an error response: status and one of the stable codes that may honestly describe it.
+pub async fn expect_error_one_of(resp: reqwest::Response, status: u16, codes: &[&str]) {
     let got = resp.status().as_u16();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
-    assert_eq!(got, status, "expected {status} {code}, got {got} {body}");
-    assert_eq!(body["error"]["code"], code, "unexpected body {body}");
+    assert_eq!(got, status, "expected {status} {codes:?}, got {got} {body}");
+    assert!(codes.iter().any(|code| body["error"]["code"] == *code), "unexpected body {body}, expected {codes:?}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "error without message: {body}");
 }
