@@ -34,6 +34,18 @@ struct Batch<T> {
     waiting: Vec<oneshot::Sender<T>>,
 }
 
+impl<T> Batch<T> {
+    /// A call ends without handing its slot on. If it was the last one running, nobody is left
+    /// to make a call for those waiting: they learn (their senders are dropped) that no answer
+    /// will come, and ask again.
+    fn release_slot(&mut self) {
+        self.running -= 1;
+        if self.running == 0 {
+            self.waiting.clear();
+        }
+    }
+}
+
 impl<T> Coalescer<T> {
     /// A coalescer running at most `max_in_flight` calls at once (at least 1).
     pub fn new(max_in_flight: usize) -> Self {
@@ -134,12 +146,8 @@ where
             runtime.spawn(async move { coalescer.drive(call).await });
             return;
         }
-        batch.running -= 1;
-        if batch.running == 0 {
-            // Nobody left to make a call for those waiting (no runtime to run one on, or the
-            // call panicked before the slot held it): they learn that no answer will come.
-            batch.waiting.clear();
-        }
+        // No runtime to run a call on, or the call panicked before the slot held it.
+        batch.release_slot();
     }
 }
 
@@ -151,11 +159,7 @@ struct ResetOnPanic<'a, T>(&'a Coalescer<T>);
 impl<T> Drop for ResetOnPanic<'_, T> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let mut batch = self.0.lock();
-            batch.running -= 1;
-            if batch.running == 0 {
-                batch.waiting.clear();
-            }
+            self.0.lock().release_slot();
         }
     }
 }
