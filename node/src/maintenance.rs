@@ -13,6 +13,7 @@ use std::time::Duration;
 use ferrokv_proto::StatusRequest;
 use openraft::ChangeMembers;
 use openraft::async_runtime::WatchReceiver as _;
+use tokio::runtime::RuntimeFlavor;
 use tokio::sync::watch;
 
 use crate::command::Command;
@@ -32,7 +33,7 @@ pub async fn run(service: Arc<Service>, mut stop: watch::Receiver<bool>) {
     let Some(core) = service.wait_core(Duration::MAX).await.cloned() else {
         return;
     };
-    tokio::spawn(log_leadership(core.clone(), stop.clone()));
+    tokio::spawn(follow_role(core.clone(), stop.clone()));
     let mut leader = None;
     loop {
         tokio::select! {
@@ -58,9 +59,14 @@ pub async fn run(service: Arc<Service>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Log every term in which this node becomes leader, as it happens (`became leader term=…`):
-/// the record fault tests use to check that no two nodes led in the same term.
-async fn log_leadership(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+/// Follow this node's role. Log every term in which it becomes leader, as it happens (`became
+/// leader term=…`): the record fault tests use to check that no two nodes led in the same term.
+/// And keep the log store's caller writes on while this node follows, if its runtime is a
+/// single thread: a follower then syncs its log on that thread and answers the leader without
+/// waking the WAL thread and being woken by it. A leader keeps its thread for the clients and
+/// the replication that runs while its own log is synced.
+async fn follow_role(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let one_thread = tokio::runtime::Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread;
     let mut rx = core.raft.metrics();
     let mut logged_term = None;
     loop {
@@ -68,6 +74,7 @@ async fn log_leadership(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             let m = rx.borrow_watched();
             (m.current_term, m.current_leader == Some(core.raft_id) && m.state.is_leader())
         };
+        core.log.set_caller_writes(one_thread && !leads);
         if leads && logged_term != Some(term) {
             logged_term = Some(term);
             tracing::info!(term, raft_id = core.raft_id, "became leader");

@@ -49,7 +49,7 @@
 //!
 //! # Write path and guarantees
 //!
-//! All writes go through one dedicated writer thread, fed by a channel, in submission order:
+//! Writes go through one dedicated writer thread, fed by a channel, in submission order:
 //!
 //! - The in-memory state is updated by the caller *before* the record is queued (appends are
 //!   readable as soon as `append` returns, as openraft requires), while holding the state lock,
@@ -65,6 +65,15 @@
 //! - After any I/O error of the writer the store is poisoned: the failing requests and every later
 //!   call get an error. A half-written batch is never followed by further writes, so the damage
 //!   stays a torn tail that the next open cuts off.
+//!
+//! One exception saves two thread wake-ups per replication round on a follower. With
+//! [`LogStore::set_caller_writes`] on, a caller submitting an append or a committed id while the
+//! writer thread has nothing queued and is not writing writes the record (and fsyncs) itself, on
+//! its own thread, under the same `Writer` and with the same guarantees; anything queued or in
+//! progress sends it through the queue as usual, so the order is unchanged. The node turns it on
+//! for followers whose runtime is a single thread: such a follower has nothing else to do while
+//! its log is synced but wait for the sync, and the leader sends it the next entries only once it
+//! answered (`network::window`).
 //!
 //! With [`FsyncPolicy::Never`] records are handed to the OS (before they are acknowledged) but
 //! never fsynced: a process crash loses nothing acknowledged, a machine crash may lose the tail.
@@ -109,6 +118,7 @@ use std::sync::Mutex;
 use std::sync::MutexGuard;
 use std::sync::OnceLock;
 use std::sync::PoisonError;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -432,6 +442,10 @@ struct Shared {
     poison: OnceLock<(io::ErrorKind, String)>,
     entries: AtomicU64,
     wal_bytes: AtomicU64,
+    /// Requests sent to the writer thread and not yet completed by it.
+    queued: AtomicU64,
+    /// Whether callers may write their own appends when the writer thread is idle.
+    caller_writes: AtomicBool,
     fsyncs: AtomicU64,
     /// Test hook: fail the next batch as if the disk had.
     #[cfg(test)]
@@ -521,6 +535,9 @@ struct Inner {
     /// `None` once closed. A std channel because the consumer is a plain thread that blocks.
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The file and its bookkeeping: the writer thread's, and a caller's while it writes its
+    /// own request (see [`LogStore::set_caller_writes`]).
+    output: Arc<Mutex<Writer>>,
     /// Holds an exclusive lock on the directory while the store is open (released by `close`,
     /// after the writer thread is joined): two writers on one WAL would interleave records.
     dir_lock: Mutex<Option<File>>,
@@ -604,7 +621,12 @@ impl LogStore {
             compact_floor: 0,
             allocated: file_len,
         };
-        let handle = std::thread::Builder::new().name("raft-wal".to_string()).spawn(move || writer.run(rx))?;
+        let output = Arc::new(Mutex::new(writer));
+        let thread_output = output.clone();
+        let thread_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("raft-wal".to_string())
+            .spawn(move || Writer::run(&thread_output, &thread_shared, rx))?;
 
         Ok(LogStore {
             inner: Arc::new(Inner {
@@ -613,6 +635,7 @@ impl LogStore {
                 shared,
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
+                output,
                 dir_lock: Mutex::new(dir_lock),
             }),
         })
@@ -633,6 +656,14 @@ impl LogStore {
     /// (use `spawn_blocking` if that matters). Idempotent; dropping the last clone does the same.
     pub fn close(&self) {
         self.inner.close();
+    }
+
+    /// Let callers write an append or a committed id themselves, on their own thread, when the
+    /// writer thread has nothing queued and is not writing (module docs, "Write path"). The
+    /// caller then blocks for the write and its fsync: for a thread with nothing else to do
+    /// meanwhile, not for one that must keep serving.
+    pub fn set_caller_writes(&self, on: bool) {
+        self.inner.shared.caller_writes.store(on, Ordering::Relaxed);
     }
 
     fn check_usable(&self) -> io::Result<()> {
@@ -660,7 +691,34 @@ impl LogStore {
         may_compact: bool,
     ) -> io::Result<()> {
         let seq = state.next_seq();
-        self.send(Msg::Write(Request { seq, bytes, done, vote, may_compact }))
+        let request = Request { seq, bytes, done, vote, may_compact };
+        match self.write_here(request) {
+            Ok(()) => Ok(()),
+            Err(request) => self.send(Msg::Write(request)),
+        }
+    }
+
+    /// Write `request` on this thread if callers may and the writer thread is idle; otherwise
+    /// hand it back for the queue. Called under the state lock, so no other request can be
+    /// submitted meanwhile: with nothing queued, this one is next in file order.
+    fn write_here(&self, request: Request) -> Result<(), Request> {
+        let shared = &self.inner.shared;
+        // Votes are published by the writer thread; purges and truncations may compact.
+        if !shared.caller_writes.load(Ordering::Relaxed) || request.vote.is_some() || request.may_compact {
+            return Err(request);
+        }
+        // Held through the write, so that `close` cannot finish (and release the directory)
+        // while this thread still writes.
+        let tx = lock(&self.inner.tx);
+        if tx.is_none() || shared.queued.load(Ordering::SeqCst) != 0 {
+            return Err(request);
+        }
+        // Busy: the writer thread holds it for a batch it took before this request existed.
+        let Ok(mut output) = self.inner.output.try_lock() else {
+            return Err(request);
+        };
+        output.commit(vec![request]);
+        Ok(())
     }
 
     fn send(&self, msg: Msg) -> io::Result<()> {
@@ -669,6 +727,7 @@ impl LogStore {
             msg.fail(closed_error());
             return Err(closed_error());
         };
+        self.inner.shared.queued.fetch_add(1, Ordering::SeqCst);
         if let Err(mpsc::SendError(msg)) = tx.send(msg) {
             msg.fail(closed_error());
             return Err(closed_error());
@@ -1032,7 +1091,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+    fn run(output: &Mutex<Writer>, shared: &Shared, rx: mpsc::Receiver<Msg>) {
         // `recv` fails only once every sender is gone and the queue is empty, so everything
         // submitted before `close`/drop is still written.
         while let Ok(first) = rx.recv() {
@@ -1045,14 +1104,20 @@ impl Writer {
                     Msg::Write(request) => batch.push(request),
                     #[cfg(test)]
                     Msg::Pause(gate) => {
-                        // A pause ends the batch, so tests can place batch boundaries.
-                        self.commit(std::mem::take(&mut batch));
+                        // A pause ends the batch, so tests can place batch boundaries. The pause
+                        // itself stays queued until the gate opens.
+                        let taken = batch.len() as u64;
+                        lock(output).commit(std::mem::take(&mut batch));
+                        shared.queued.fetch_sub(taken, Ordering::SeqCst);
                         let _ = gate.recv();
+                        shared.queued.fetch_sub(1, Ordering::SeqCst);
                     }
                 }
                 next = rx.try_recv().ok();
             }
-            self.commit(batch);
+            let taken = batch.len() as u64;
+            lock(output).commit(batch);
+            shared.queued.fetch_sub(taken, Ordering::SeqCst);
         }
         // Every batch was flushed as it was committed; nothing is left in the buffer.
     }
@@ -1434,8 +1499,20 @@ mod tests {
 
     #[tokio::test]
     async fn reopen_recovers_the_same_state() {
+        reopen_recovers(false).await;
+    }
+
+    /// The same history with caller writes on: appends and committed ids written by the caller,
+    /// votes, truncations and purges by the writer thread, interleaved.
+    #[tokio::test]
+    async fn reopen_recovers_what_callers_wrote() {
+        reopen_recovers(true).await;
+    }
+
+    async fn reopen_recovers(caller_writes: bool) {
         let dir = tempfile::tempdir().unwrap();
         let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
+        store.set_caller_writes(caller_writes);
         assert_eq!(observe(&mut store).await.log_state, LogState::default());
 
         store.save_vote(&Vote::new(1, 1)).await.unwrap();
@@ -1765,6 +1842,68 @@ mod tests {
         let (tx, rx) = TypeConfig::oneshot();
         store.append(vec![entry], IOFlushed::signal(tx)).await.unwrap();
         rx
+    }
+
+    fn queued(store: &LogStore) -> u64 {
+        store.inner.shared.queued.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_caller_writes_and_syncs_its_own_append_when_the_writer_is_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
+        store.set_caller_writes(true);
+        let fsyncs = store.stats().fsyncs;
+        let mut done = submit_append(&mut store, put_entry(1, 1, 50)).await;
+        // Durable by the time `append` returned: the caller wrote and synced it.
+        done.try_recv().expect("append completed before append returned").unwrap();
+        assert_eq!(store.stats().fsyncs, fsyncs + 1);
+        store.save_committed(Some(lid(1, 1))).await.unwrap();
+        assert_eq!(decode_file(&wal(dir.path())).len(), 2, "the committed id is in the file at once");
+        assert_eq!(queued(&store), 0, "nothing went through the writer thread");
+
+        // Off again: appends go through the writer thread.
+        store.set_caller_writes(false);
+        let gate = store.pause_writer();
+        let mut queued_append = submit_append(&mut store, put_entry(1, 2, 50)).await;
+        assert!(queued_append.try_recv().is_err(), "completed while the writer was paused");
+        drop(gate);
+        await_in_order(vec![queued_append]).await;
+    }
+
+    #[tokio::test]
+    async fn caller_writes_wait_behind_what_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
+        store.set_caller_writes(true);
+        let gate = store.pause_writer();
+        let mut receivers = Vec::new();
+        for i in 1..=3 {
+            receivers.push(submit_append(&mut store, put_entry(1, i, 50)).await);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for rx in &mut receivers {
+            assert!(rx.try_recv().is_err(), "written ahead of the queue");
+        }
+        assert_eq!(queued(&store), 4, "three appends behind the pause");
+        drop(gate);
+        await_in_order(receivers).await;
+        wait_until("the queue drained", || queued(&store) == 0).await;
+
+        // The queue is empty again: the next append is the caller's own.
+        let mut own = submit_append(&mut store, put_entry(1, 4, 50)).await;
+        own.try_recv().expect("written by the caller").unwrap();
+        let indexes: Vec<u64> = decode_file(&wal(dir.path()))
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Entry(e) => Some(e.log_id.index),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(indexes, vec![1, 2, 3, 4]);
+        store.close();
+        let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(observe(&mut store).await.entries.len(), 4);
     }
 
     #[tokio::test]
@@ -2173,12 +2312,14 @@ mod tests {
             }
         }
 
-        struct Builder(LogStoreOptions);
+        /// Options, and whether callers write their own appends.
+        struct Builder(LogStoreOptions, bool);
 
         impl StoreBuilder<TypeConfig, LogStore, TestSm, tempfile::TempDir> for Builder {
             async fn build(&self) -> Result<(tempfile::TempDir, LogStore, TestSm), openraft::StorageError<TypeConfig>> {
                 let dir = tempfile::tempdir().unwrap();
                 let store = LogStore::open_with_options(dir.path(), self.0).unwrap();
+                store.set_caller_writes(self.1);
                 Ok((dir, store, TestSm::default()))
             }
         }
@@ -2187,6 +2328,17 @@ mod tests {
         async fn suite_passes() {
             Suite::<TypeConfig, LogStore, TestSm, Builder, tempfile::TempDir>::test_all(Builder(
                 LogStoreOptions::default(),
+                false,
+            ))
+            .await
+            .unwrap();
+        }
+
+        #[tokio::test]
+        async fn suite_passes_with_caller_writes() {
+            Suite::<TypeConfig, LogStore, TestSm, Builder, tempfile::TempDir>::test_all(Builder(
+                LogStoreOptions::default(),
+                true,
             ))
             .await
             .unwrap();
@@ -2195,9 +2347,14 @@ mod tests {
         #[tokio::test]
         async fn suite_passes_while_compacting_all_the_time() {
             let options = LogStoreOptions { fsync: FsyncPolicy::Never, compact_min_bytes: 0, compact_ratio: 1 };
-            Suite::<TypeConfig, LogStore, TestSm, Builder, tempfile::TempDir>::test_all(Builder(options))
+            for caller_writes in [false, true] {
+                Suite::<TypeConfig, LogStore, TestSm, Builder, tempfile::TempDir>::test_all(Builder(
+                    options,
+                    caller_writes,
+                ))
                 .await
                 .unwrap();
+            }
         }
     }
 }
