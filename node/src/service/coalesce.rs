@@ -103,7 +103,7 @@ impl<T: Clone + Send + 'static> Coalescer<T> {
             let waiting = {
                 let mut batch = self.lock();
                 if batch.waiting.is_empty() {
-                    batch.running -= 1;
+                    batch.release_slot();
                     return;
                 }
                 std::mem::take(&mut batch.waiting)

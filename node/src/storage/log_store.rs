@@ -1106,20 +1106,23 @@ impl Writer {
                     Msg::Pause(gate) => {
                         // A pause ends the batch, so tests can place batch boundaries. The pause
                         // itself stays queued until the gate opens.
-                        let taken = batch.len() as u64;
-                        lock(output).commit(std::mem::take(&mut batch));
-                        shared.queued.fetch_sub(taken, Ordering::SeqCst);
+                        Self::commit_queued(output, shared, std::mem::take(&mut batch));
                         let _ = gate.recv();
                         shared.queued.fetch_sub(1, Ordering::SeqCst);
                     }
                 }
                 next = rx.try_recv().ok();
             }
-            let taken = batch.len() as u64;
-            lock(output).commit(batch);
-            shared.queued.fetch_sub(taken, Ordering::SeqCst);
+            Self::commit_queued(output, shared, batch);
         }
         // Every batch was flushed as it was committed; nothing is left in the buffer.
+    }
+
+    /// Commit a batch taken from the queue; only then (completions sent) is it no longer queued.
+    fn commit_queued(output: &Mutex<Writer>, shared: &Shared, batch: Vec<Request>) {
+        let taken = batch.len() as u64;
+        lock(output).commit(batch);
+        shared.queued.fetch_sub(taken, Ordering::SeqCst);
     }
 
     fn commit(&mut self, batch: Vec<Request>) {
