@@ -19,6 +19,7 @@ use std::time::Instant;
 use axum::extract::MatchedPath;
 use axum::extract::Request;
 use axum::http::Method;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use pin_project_lite::pin_project;
@@ -40,9 +41,32 @@ struct Shared {
     max_in_flight: usize,
 }
 
+impl Shared {
+    fn observe(&self, route: &str, method: &Method, status: StatusCode, start: Instant) {
+        let m = &self.metrics;
+        m.http_duration.with_label_values(&[route, method.as_str()]).observe(start.elapsed().as_secs_f64());
+        m.http_requests.with_label_values(&[route, method.as_str(), status.as_str()]).inc();
+    }
+}
+
+/// The answer to a request beyond the in-flight limit.
+pub fn overloaded() -> Response {
+    ApiError::unavailable("overloaded", "too many requests in flight on this node; retry shortly").into_response()
+}
+
 impl GateLayer {
     pub fn new(metrics: Arc<Metrics>, max_in_flight: usize) -> Self {
         GateLayer { shared: Arc::new(Shared { metrics, in_flight: AtomicUsize::new(0), max_in_flight }) }
+    }
+
+    /// Admit one request: `None` when `max_in_flight` are already being served.
+    pub fn admit(&self) -> Option<Admission> {
+        Admission::enter(&self.shared)
+    }
+
+    /// Count and time one answered request under its route template.
+    pub fn observe(&self, route: &str, method: &Method, status: StatusCode, start: Instant) {
+        self.shared.observe(route, method, status, start);
     }
 
     /// Requests admitted and not yet answered.
@@ -90,7 +114,7 @@ where
 }
 
 /// One admitted request: counted in flight until dropped (answered, failed or abandoned).
-struct Admission {
+pub struct Admission {
     shared: Arc<Shared>,
 }
 
@@ -138,16 +162,12 @@ where
                 Poll::Ready(Err(never)) => match never {},
                 Poll::Pending => return Poll::Pending,
             },
-            None => ApiError::unavailable("overloaded", "too many requests in flight on this node; retry shortly")
-                .into_response(),
+            None => overloaded(),
         };
         // Answered: no longer in flight.
         this.admitted.take();
-        let m = &this.shared.metrics;
         let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
-        let method = this.method.as_str();
-        m.http_duration.with_label_values(&[route, method]).observe(this.start.elapsed().as_secs_f64());
-        m.http_requests.with_label_values(&[route, method, resp.status().as_str()]).inc();
+        this.shared.observe(route, this.method, resp.status(), *this.start);
         Poll::Ready(Ok(resp))
     }
 }

@@ -15,6 +15,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use base64::Engine;
+use serde::Serialize;
 use serde_json::Value;
 use serde_json::json;
 
@@ -26,6 +27,7 @@ use super::params::condition;
 use crate::command::Command;
 use crate::command::CommandResult;
 use crate::error::ApiError;
+use crate::service::Consistency;
 use crate::service::ReadOutcome;
 use crate::service::ReadQuery;
 use crate::service::WireRecord;
@@ -56,9 +58,48 @@ pub async fn get_key(
     Path(key): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    check_key(&state, &key)?;
     let params = Params::new(q, &["consistency"])?;
-    let outcome = state.read(ReadQuery::Get { key: key.clone() }, params.consistency()?).await?;
+    read_key(&state, key, params.consistency()?).await
+}
+
+pub async fn put_key(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let params = Params::new(q, &["ttl"])?;
+    let ttl = params.number("ttl", "invalid_ttl", MAX_TTL_SECONDS)?;
+    let value = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            value_too_large(&state)
+        } else {
+            ApiError::bad_request("invalid_body", e.body_text())
+        }
+    });
+    write_key(&state, key, ttl, &headers, value).await
+}
+
+pub async fn delete_key(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    Params::new(q, &[])?;
+    remove_key(&state, key, &headers).await
+}
+
+/// The error for a value over the configured limit.
+pub(super) fn value_too_large(state: &AppState) -> ApiError {
+    ApiError::new(413, "value_too_large", format!("the value exceeds the limit of {} bytes", state.cfg.max_value_bytes))
+}
+
+/// `GET /v1/kv/<key>` once the request is parsed: the value, its metadata in headers.
+pub(super) async fn read_key(state: &AppState, key: String, consistency: Consistency) -> ApiResult<Response> {
+    check_key(state, &key)?;
+    let outcome = state.read(ReadQuery::Get { key: key.clone() }, consistency).await?;
     let ReadOutcome::Get(Some(rec)) = outcome else {
         return Err(ApiError::key_not_found(&key));
     };
@@ -83,31 +124,27 @@ fn num_header(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("0"))
 }
 
-pub async fn put_key(
-    State(state): State<AppState>,
-    Path(key): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+/// The answer to a successful PUT.
+#[derive(Serialize)]
+struct Written<'a> {
+    key: &'a str,
+    revision: u64,
+    version: u64,
+}
+
+/// `PUT /v1/kv/<key>` once the request is parsed: `value` is the body, or why it could not be read.
+pub(super) async fn write_key(
+    state: &AppState,
+    key: String,
+    ttl: Option<u64>,
+    headers: &HeaderMap,
+    value: Result<Bytes, ApiError>,
 ) -> ApiResult<Response> {
-    check_key(&state, &key)?;
-    let params = Params::new(q, &["ttl"])?;
-    let ttl = params.number("ttl", "invalid_ttl", MAX_TTL_SECONDS)?;
-    let condition = condition(&headers, true)?;
-    let value = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                413,
-                "value_too_large",
-                format!("the value exceeds the limit of {} bytes", state.cfg.max_value_bytes),
-            )
-        } else {
-            ApiError::bad_request("invalid_body", e.body_text())
-        }
-    })?;
+    check_key(state, &key)?;
+    let condition = condition(headers, true)?;
     // The body may be a slice of the connection's whole read buffer: stored as it is, a 100-byte
     // value would keep kilobytes alive for as long as the key lives. Store a copy of its own.
-    let value = Bytes::copy_from_slice(&value);
+    let value = Bytes::copy_from_slice(&value?);
     let content_type = match headers.get(header::CONTENT_TYPE) {
         None => None,
         Some(v) => Some(
@@ -122,8 +159,7 @@ pub async fn put_key(
     match outcome.result {
         CommandResult::Put { created, revision, version } => {
             let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-            let mut resp =
-                (status, Json(json!({ "key": key, "revision": revision, "version": version }))).into_response();
+            let mut resp = (status, Json(Written { key: &key, revision, version })).into_response();
             resp.headers_mut().insert(header::ETAG, num_header(&format!("\"{revision}\"")));
             Ok(resp)
         }
@@ -132,15 +168,10 @@ pub async fn put_key(
     }
 }
 
-pub async fn delete_key(
-    State(state): State<AppState>,
-    Path(key): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    check_key(&state, &key)?;
-    Params::new(q, &[])?;
-    let condition = condition(&headers, false)?;
+/// `DELETE /v1/kv/<key>` once the request is parsed.
+pub(super) async fn remove_key(state: &AppState, key: String, headers: &HeaderMap) -> ApiResult<Response> {
+    check_key(state, &key)?;
+    let condition = condition(headers, false)?;
     let outcome = state.write(Command::Delete { key: key.clone(), condition, now_ms: 0 }).await?;
     match outcome.result {
         CommandResult::Deleted { .. } => Ok(StatusCode::NO_CONTENT.into_response()),

@@ -10,5 +10,6 @@ mod cli;
 mod crud;
 mod durability;
 mod faults;
+mod http_paths;
 mod membership;
 mod observability;
