@@ -12,7 +12,8 @@ from collections import Counter
 
 BUCKETS = [
     ("WAL writer thread (encode, write, fdatasync)", ["log_store::Writer::run"]),
-    ("HTTP connections (hyper, axum, handlers, socket I/O to clients)", ["handle_connection"]),
+    ("HTTP connections (hyper, axum, handlers, socket I/O to clients)",
+     ["handle_connection", "ferrokv::http::connection"]),
     ("Raft core (openraft RaftCore loop)", ["RaftCore"]),
     ("Replication (openraft ReplicationCore, tonic/h2 client, socket I/O to peers)",
      ["ReplicationCore", "h2::client", "H2ClientFuture", "tonic::"]),

@@ -1,6 +1,6 @@
 //! The key routes served straight from hyper: `GET`, `PUT` and `DELETE /v1/kv/<key>` with no
-//! query string and no percent-escapes in the key, which is nearly every request a busy node
-//! sees. They skip the router's matching, its extractors (which copy the header map and parse an
+//! percent-escapes in the key and no query string (a `GET` may have `?consistency=<level>`),
+//! which is nearly every request a busy node sees. They skip the router's matching, its extractors (which copy the header map and parse an
 //! empty query into a map) and its per-request layers, and run the same handlers as the routed
 //! requests (`kv::read_key`, `kv::write_key`, `kv::remove_key`), with the same checks, value
 //! limit, body timeout, admission and metrics. Every other request goes to the axum router.
@@ -68,27 +68,34 @@ impl hyper::service::Service<Request<Incoming>> for NodeService {
 
     fn call(&self, req: Request<Incoming>) -> Answer {
         match direct_key(&req) {
-            Some(key) => {
+            Some((key, consistency)) => {
                 let shared = self.0.clone();
-                Box::pin(async move { Ok(shared.serve_key(key, req).await) })
+                Box::pin(async move { Ok(shared.serve_key(key, consistency, req).await) })
             }
             None => Box::pin(self.0.router.clone().oneshot(req.map(Body::new))),
         }
     }
 }
 
-/// The key of a request this module serves itself, `None` for one for the router.
-fn direct_key<B>(req: &Request<B>) -> Option<String> {
-    if !matches!(*req.method(), Method::GET | Method::PUT | Method::DELETE) || req.uri().query().is_some() {
-        return None;
-    }
+/// The key of a request this module serves itself, with the `consistency` parameter's value
+/// for a `GET`; `None` for a request for the router.
+fn direct_key<B>(req: &Request<B>) -> Option<(String, Option<String>)> {
+    let consistency = match (req.method(), req.uri().query()) {
+        (&Method::GET | &Method::PUT | &Method::DELETE, None) => None,
+        // Anything that needs decoding, or another parameter, is the router's to parse.
+        (&Method::GET, Some(query)) => match query.strip_prefix("consistency=") {
+            Some(level) if !level.contains(['%', '+', '&', '=']) => Some(level.to_string()),
+            _ => return None,
+        },
+        _ => return None,
+    };
     let key = req.uri().path().strip_prefix(KEY_PREFIX)?;
     // The router decodes escapes (and answers an empty key); leave both to it.
-    (!key.is_empty() && !key.contains('%')).then(|| key.to_string())
+    (!key.is_empty() && !key.contains('%')).then(|| (key.to_string(), consistency))
 }
 
 impl Shared {
-    async fn serve_key(&self, key: String, req: Request<Incoming>) -> Response {
+    async fn serve_key(&self, key: String, consistency: Option<String>, req: Request<Incoming>) -> Response {
         let start = Instant::now();
         let method = req.method().clone();
         let resp = match self.gate.admit() {
@@ -97,7 +104,10 @@ impl Shared {
                 let (parts, body) = req.into_parts();
                 let state = &self.state;
                 let answer = match parts.method {
-                    Method::GET => kv::read_key(state, key, Consistency::Linearizable).await,
+                    Method::GET => match consistency.as_deref().map_or(Ok(Consistency::Linearizable), str::parse) {
+                        Ok(consistency) => kv::read_key(state, key, consistency).await,
+                        Err(e) => Err(e),
+                    },
                     Method::PUT => {
                         let value = read_value(state, body).await;
                         kv::write_key(state, key, None, &parts.headers, value).await
@@ -168,11 +178,20 @@ mod tests {
 
     #[test]
     fn only_plain_key_requests_are_served_directly() {
-        assert_eq!(direct_key(&request(Method::PUT, "/v1/kv/a/b")).as_deref(), Some("a/b"));
-        assert_eq!(direct_key(&request(Method::GET, "/v1/kv/k")).as_deref(), Some("k"));
-        assert_eq!(direct_key(&request(Method::DELETE, "/v1/kv/k")).as_deref(), Some("k"));
+        let direct = |method, uri| direct_key(&request(method, uri));
+        assert_eq!(direct(Method::PUT, "/v1/kv/a/b"), Some(("a/b".to_string(), None)));
+        assert_eq!(direct(Method::GET, "/v1/kv/k"), Some(("k".to_string(), None)));
+        assert_eq!(direct(Method::DELETE, "/v1/kv/k"), Some(("k".to_string(), None)));
+        assert_eq!(direct(Method::GET, "/v1/kv/k?consistency=stale"), Some(("k".to_string(), Some("stale".into()))));
+        // Parsed (and refused) by the handler, as the router's would.
+        assert_eq!(direct(Method::GET, "/v1/kv/k?consistency=odd"), Some(("k".to_string(), Some("odd".into()))));
         for (method, uri) in [
-            (Method::GET, "/v1/kv/k?consistency=stale"),
+            (Method::GET, "/v1/kv/k?consistency=st%61le"),
+            (Method::GET, "/v1/kv/k?consistency=stale&x=1"),
+            (Method::GET, "/v1/kv/k?consistency=a=b"),
+            (Method::GET, "/v1/kv/k?other=1"),
+            (Method::GET, "/v1/kv/k?"),
+            (Method::PUT, "/v1/kv/k?consistency=stale"),
             (Method::PUT, "/v1/kv/k?ttl=5"),
             (Method::GET, "/v1/kv/a%20b"),
             (Method::GET, "/v1/kv/"),

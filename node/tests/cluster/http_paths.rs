@@ -10,13 +10,17 @@ use tokio::net::TcpStream;
 
 use crate::harness::Cluster;
 
-/// Every response header a key request sets, by name, in a comparable form.
+/// Every response header a key request sets, by name, in a comparable form (the remaining TTL
+/// only as present: it counts down between two reads).
 fn key_headers(r: &reqwest::Response) -> Vec<(String, String)> {
     let mut h: Vec<(String, String)> = r
         .headers()
         .iter()
         .filter(|(name, _)| name.as_str().starts_with("x-ferrokv") || ["etag", "content-type"].contains(&name.as_str()))
-        .map(|(name, v)| (name.to_string(), v.to_str().unwrap().to_string()))
+        .map(|(name, v)| match name.as_str() {
+            "x-ferrokv-ttl" => (name.to_string(), "present".to_string()),
+            _ => (name.to_string(), v.to_str().unwrap().to_string()),
+        })
         .collect();
     h.sort();
     h
@@ -70,15 +74,21 @@ async fn direct_and_routed_key_requests_answer_alike() {
     assert_eq!(replaced["key"], created["key"]);
     assert_eq!(replaced["version"], 2);
     assert_eq!(etag, format!("\"{}\"", replaced["revision"]));
+    // Read directly (also with a consistency level) and through the router (an escaped key,
+    // which names the same key once decoded): the same value and headers.
     let direct = h.get(url("/v1/kv/p/a")).send().await.unwrap();
-    let routed = h.get(url("/v1/kv/p/a?consistency=linearizable")).send().await.unwrap();
+    let stale = h.get(url("/v1/kv/p/a?consistency=stale")).send().await.unwrap();
+    let routed = h.get(url("/v1/kv/p%2Fa")).send().await.unwrap();
     assert_eq!(direct.status(), 200);
     assert_eq!(key_headers(&direct), key_headers(&routed));
+    assert_eq!(key_headers(&stale), key_headers(&routed));
     assert!(key_headers(&direct).iter().any(|(n, _)| n == "x-ferrokv-ttl"));
-    assert_eq!(direct.text().await.unwrap(), routed.text().await.unwrap());
-
-    // An escaped key goes through the router and names the same key as the plain one.
-    assert_eq!(h.get(url("/v1/kv/p%2Fa")).send().await.unwrap().text().await.unwrap(), "two");
+    assert_eq!(direct.text().await.unwrap(), "two");
+    assert_eq!(stale.text().await.unwrap(), "two");
+    assert_eq!(routed.text().await.unwrap(), "two");
+    let odd = h.get(url("/v1/kv/p/a?consistency=eventual")).send().await.unwrap();
+    assert_eq!(odd.status(), 400);
+    assert_eq!(odd.json::<serde_json::Value>().await.unwrap()["error"]["code"], "invalid_consistency");
 
     // Conditions hold on the direct path: a stale If-Match fails, the current one deletes.
     let stale = h.delete(url("/v1/kv/p/a")).header("if-match", "\"1\"").send().await.unwrap();
@@ -96,6 +106,7 @@ async fn direct_and_routed_key_requests_answer_alike() {
     assert_eq!(requests(&c, l, "DELETE", "412").await, 1.0);
     assert_eq!(requests(&c, l, "DELETE", "204").await, 1.0);
     assert_eq!(requests(&c, l, "GET", "404").await, 1.0);
+    assert_eq!(requests(&c, l, "GET", "400").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
