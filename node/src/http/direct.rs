@@ -36,7 +36,7 @@ use super::kv;
 use crate::error::ApiError;
 use crate::service::Consistency;
 
-/// The route template the direct requests are counted under, as the router names it.
+/// The key route's template: the router's route, and the label the direct requests are counted under.
 pub const KEY_ROUTE: &str = "/v1/kv/{*key}";
 const KEY_PREFIX: &str = "/v1/kv/";
 

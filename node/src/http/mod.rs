@@ -40,7 +40,7 @@ fn router(service: Arc<Service>, gate: gate::GateLayer) -> Router {
         .route("/v1/kv", get(kv::list).fallback(error::method_not_allowed))
         .route("/v1/kv/", axum::routing::any(kv::empty_key))
         .route(
-            "/v1/kv/{*key}",
+            direct::KEY_ROUTE,
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key).fallback(error::method_not_allowed),
         )
         .route("/v1/cluster", get(cluster::status).fallback(error::method_not_allowed))
