@@ -12,6 +12,7 @@ use ferrokv_proto::SnapshotChunk;
 use futures::SinkExt;
 use futures::Stream;
 use futures::StreamExt;
+use futures::stream::FusedStream;
 use openraft::RaftNetworkFactory;
 use openraft::RaftNetworkV2;
 use openraft::base::BoxFuture;
@@ -47,6 +48,9 @@ use crate::types::Vote;
 
 /// Snapshot data is streamed in chunks of this size.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+
+/// How long a replication request without entries is held back for one with entries.
+const COMMIT_ONLY_HOLD: Duration = Duration::from_millis(1);
 
 /// Creates a [`PeerClient`] per target member.
 #[derive(Clone)]
@@ -163,6 +167,30 @@ impl PeerClient {
     }
 }
 
+/// The next replication request to send. In a replication stream openraft builds a request
+/// without entries only to tell the follower that the commit index moved on; under steady writes
+/// that is one more message each way per commit, and the follower's Raft core runs for it. Such a
+/// request is held back for up to [`COMMIT_ONLY_HOLD`]: a request openraft builds meanwhile
+/// carries the same or a later commit index (and entries), so it goes instead; if none comes, or
+/// the stream ends (a probe is followed by nothing), the held one goes as it is. Requests are
+/// self-contained (each is checked against its `prev_log_id`) and an acknowledgement covers every
+/// earlier request, so leaving one out changes nothing else. Heartbeats, which confirm
+/// linearizable reads, travel on their own stream and are never held.
+async fn next_request<S>(input: &mut S) -> Option<AppendEntriesRequest<TypeConfig>>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + FusedStream + Unpin,
+{
+    let mut rpc = input.next().await?;
+    let deadline = tokio::time::Instant::now() + COMMIT_ONLY_HOLD;
+    while rpc.entries.is_empty() {
+        match tokio::time::timeout_at(deadline, input.next()).await {
+            Ok(Some(later)) => rpc = later,
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Some(rpc)
+}
+
 fn status_to_rpc(status: tonic::Status) -> RPCError<TypeConfig> {
     // Connection failures back off; anything else (the peer answered with an error, e.g. it is
     // not running the addressed member) is a network error retried on the next tick.
@@ -216,9 +244,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let sender = window.clone();
             // The next request is only asked of openraft once the window has room, so that it
             // carries every entry appended while the earlier ones were in flight.
-            let requests = futures::stream::unfold((input, sender), move |(mut input, window)| async move {
+            let requests = futures::stream::unfold((input.fuse(), sender), move |(mut input, window)| async move {
                 window.ready().await;
-                let rpc = input.next().await?;
+                let rpc = next_request(&mut input).await?;
                 window.sent();
                 // Encoding these structs cannot fail; if it ever did, the empty payload is refused
                 // by the peer, the stream ends with an error and openraft restarts replication.
@@ -303,5 +331,71 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             },
         };
         codec::decode(&reply.payload).map_err(|e| net(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+    use openraft::testing::log_id;
+
+    use super::*;
+    use crate::types::Entry;
+
+    /// A request with entries `first..=last`, or without any when `last < first`.
+    fn request(first: u64, last: u64, committed: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: first.checked_sub(1).map(|i| log_id::<TypeConfig>(1, 1, i)),
+            leader_commit: Some(log_id::<TypeConfig>(1, 1, committed)),
+            entries: (first..=last)
+                .map(|i| Entry { log_id: log_id::<TypeConfig>(1, 1, i), payload: EntryPayload::Blank })
+                .collect(),
+        }
+    }
+
+    /// (first entry index, last entry index, commit index) of a request: what tells them apart.
+    type Shape = (u64, u64, u64);
+
+    fn shape(rpc: &AppendEntriesRequest<TypeConfig>) -> Shape {
+        let first = rpc.prev_log_id.map_or(0, |l| l.index) + 1;
+        (first, first + rpc.entries.len() as u64 - 1, rpc.leader_commit.map_or(0, |l| l.index))
+    }
+
+    /// The next request's shape, failing the test if it takes a second.
+    async fn next_within_a_second(
+        input: &mut (impl Stream<Item = AppendEntriesRequest<TypeConfig>> + FusedStream + Unpin),
+    ) -> Option<Shape> {
+        let next = tokio::time::timeout(Duration::from_secs(1), next_request(input)).await;
+        next.expect("a request within a second").as_ref().map(shape)
+    }
+
+    #[tokio::test]
+    async fn requests_with_entries_go_as_they_are() {
+        let mut input = futures::stream::iter([request(1, 3, 0), request(4, 4, 3)]).fuse();
+        assert_eq!(next_within_a_second(&mut input).await, Some((1, 3, 0)));
+        assert_eq!(next_within_a_second(&mut input).await, Some((4, 4, 3)));
+        assert_eq!(next_within_a_second(&mut input).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_commit_only_request_gives_way_to_a_later_request() {
+        let mut input = futures::stream::iter([request(4, 3, 3), request(4, 3, 4), request(4, 5, 4)]).fuse();
+        assert_eq!(next_within_a_second(&mut input).await, Some((4, 5, 4)));
+        assert_eq!(next_within_a_second(&mut input).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_commit_only_request_goes_when_nothing_follows() {
+        // The stream ends: at once.
+        let mut input = futures::stream::iter([request(4, 3, 3)]).fuse();
+        assert_eq!(next_within_a_second(&mut input).await, Some((4, 3, 3)));
+        // Nothing comes: after the hold.
+        let mut input = futures::stream::iter([request(4, 3, 3)])
+            .chain(futures::stream::pending::<AppendEntriesRequest<TypeConfig>>())
+            .fuse();
+        let started = std::time::Instant::now();
+        assert_eq!(next_within_a_second(&mut input).await, Some((4, 3, 3)));
+        assert!(started.elapsed() >= COMMIT_ONLY_HOLD);
     }
 }
