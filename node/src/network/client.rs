@@ -178,7 +178,7 @@ impl PeerClient {
 /// linearizable reads, travel on their own stream and are never held.
 async fn next_request<S>(input: &mut S) -> Option<AppendEntriesRequest<TypeConfig>>
 where
-    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + FusedStream + Unpin,
+    S: FusedStream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
 {
     let mut rpc = input.next().await?;
     let deadline = tokio::time::Instant::now() + COMMIT_ONLY_HOLD;
@@ -364,7 +364,7 @@ mod tests {
 
     /// The next request's shape, failing the test if it takes a second.
     async fn next_within_a_second(
-        input: &mut (impl Stream<Item = AppendEntriesRequest<TypeConfig>> + FusedStream + Unpin),
+        input: &mut (impl FusedStream<Item = AppendEntriesRequest<TypeConfig>> + Unpin),
     ) -> Option<Shape> {
         let next = tokio::time::timeout(Duration::from_secs(1), next_request(input)).await;
         next.expect("a request within a second").as_ref().map(shape)

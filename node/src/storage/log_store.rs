@@ -1289,7 +1289,7 @@ const PREALLOCATE_BYTES: u64 = 4 << 20;
 /// here rather than in the middle of a batch. Written in one go, this costs a few ms per 4 MiB
 /// once, against the syncs of every batch that lands in them.
 fn preallocate(file: &File, from: u64, to: u64, fsync: FsyncPolicy) -> io::Result<()> {
-    const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     let mut at = from;
     while at < to {
         let len = usize::try_from(to - at).map_or(ZEROS.len(), |left| left.min(ZEROS.len()));
