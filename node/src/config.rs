@@ -73,6 +73,11 @@ pub struct ServeArgs {
     /// Requests one node serves at once over HTTP; beyond that it answers 503 `overloaded`.
     #[arg(long, env = "FERROKV_MAX_IN_FLIGHT_REQUESTS", default_value_t = 8192)]
     pub max_in_flight_requests: usize,
+    /// How long an HTTP connection may take to send a complete request head, counted from the
+    /// end of its previous request (so it also bounds how long a keep-alive connection may sit
+    /// idle); then the node closes it. Bounds what slow or silent clients can hold open.
+    #[arg(long, env = "FERROKV_HTTP_HEADER_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_ms: u64,
     /// Threads running the node's async work (HTTP, gRPC, Raft, apply); 0 means one per core.
     /// With 1 everything runs on one thread, with no hand-offs between worker threads: the
     /// cheapest setting when several nodes share a machine's cores (e.g. a local cluster).

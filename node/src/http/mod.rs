@@ -19,6 +19,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::routing::post;
 use hyper_util::rt::TokioIo;
+use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -77,6 +78,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let gate = gate::GateLayer::new(service.metrics.clone(), service.cfg.max_in_flight_requests);
+    let header_timeout = Duration::from_millis(service.cfg.http_header_timeout_ms);
     let node = direct::NodeService::new(router(service.clone(), gate.clone()), service, gate);
     // Every connection holds a receiver: `true` asks it to close; `closed()` resolves once all
     // of them are gone.
@@ -99,7 +101,7 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("TCP_NODELAY: {e}");
         }
-        tokio::spawn(connection(tcp, node.clone(), stop_rx.clone()));
+        tokio::spawn(connection(tcp, node.clone(), header_timeout, stop_rx.clone()));
     }
     drop(listener);
     drop(stop_rx);
@@ -108,10 +110,20 @@ pub async fn serve(
     Ok(())
 }
 
-/// One client connection, until the client closes it or, once `stop` turns true, until the
-/// request in progress is answered.
-async fn connection(tcp: TcpStream, node: direct::NodeService, mut stop: watch::Receiver<bool>) {
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), node).with_upgrades();
+/// One client connection, until the client closes it, or sends no complete request head within
+/// `header_timeout` of its previous request (or of connecting), or, once `stop` turns true,
+/// until the request in progress is answered.
+async fn connection(
+    tcp: TcpStream,
+    node: direct::NodeService,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(tcp), node)
+        .with_upgrades();
     let mut conn = pin!(conn);
     let mut stopping = false;
     loop {

@@ -145,3 +145,43 @@ async fn direct_puts_read_chunked_and_late_bodies_within_the_limit() {
     let missing = c.get(l, "big", "linearizable").await;
     assert_eq!(missing.status(), 404);
 }
+
+/// Read until the server closes the connection (at most 10 s); what came back, and when.
+async fn until_closed(tcp: &mut TcpStream) -> (String, std::time::Instant) {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the server kept the connection open for 10 s");
+    (String::from_utf8_lossy(&out).into_owned(), std::time::Instant::now())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_no_request_head_in_time_are_closed() {
+    let timeout = Duration::from_millis(500);
+    let c = Cluster::start(1, &["--http-header-timeout-ms", "500"]).await;
+    let addr = c.nodes[&1].http.clone();
+
+    // A head that never ends.
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let (answer, closed) = until_closed(&mut tcp).await;
+    assert!(closed - started >= timeout, "closed after {:?}", closed - started);
+    assert!(!answer.contains("200 OK"), "{answer}");
+
+    // A keep-alive connection left idle after its request.
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let (answer, closed) = until_closed(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(closed - started >= timeout, "closed after {:?}", closed - started);
+
+    // A head sent in pieces, all within the timeout, is served.
+    let answer = raw(
+        &addr,
+        &[b"GET /healthz HTTP/1.1\r\n", b"host: x\r\n", b"connection: close\r\n\r\n"],
+        Duration::from_millis(50),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+}
