@@ -40,7 +40,8 @@ pub struct ServeArgs {
     /// or `never` (leave it to the OS; a whole-cluster power loss can lose recent writes).
     #[arg(long, env = "FERROKV_FSYNC", default_value = "always")]
     pub fsync: FsyncPolicy,
-    /// Build a snapshot (and compact the log) every this many applied entries.
+    /// Build a snapshot (and compact the log) once this many entries were applied since the last
+    /// one, or an eighth of the number of keys held if that is more (see `crate::snapshots`).
     #[arg(long, env = "FERROKV_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
     /// Raft heartbeat interval in milliseconds.
@@ -163,7 +164,8 @@ impl ServeArgs {
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_timeout_ms,
             election_timeout_max: self.election_timeout_ms * 2,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            // Snapshots are asked for by the node itself (`crate::snapshots`).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 1000.min(self.snapshot_every),
             install_snapshot_timeout: 30_000,
             max_payload_entries: 512,

@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod network;
 pub mod server;
 pub mod service;
+pub mod snapshots;
 pub mod state;
 pub mod storage;
 pub mod telemetry;

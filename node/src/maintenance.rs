@@ -20,6 +20,7 @@ use crate::command::Command;
 use crate::command::now_ms;
 use crate::service::Core;
 use crate::service::Service;
+use crate::snapshots;
 use crate::types::DATA_GROUP;
 use crate::types::Member;
 use crate::types::RaftId;
@@ -34,6 +35,7 @@ pub async fn run(service: Arc<Service>, mut stop: watch::Receiver<bool>) {
         return;
     };
     tokio::spawn(follow_role(core.clone(), stop.clone()));
+    tokio::spawn(snapshots::run(core.clone(), service.cfg.snapshot_every, stop.clone()));
     let mut leader = None;
     loop {
         tokio::select! {
