@@ -41,7 +41,7 @@ pub struct ServeArgs {
     #[arg(long, env = "FERROKV_FSYNC", default_value = "always")]
     pub fsync: FsyncPolicy,
     /// Build a snapshot (and compact the log) once this many entries were applied since the last
-    /// one, or an eighth of the number of keys held if that is more (see `crate::snapshots`).
+    /// one, or a sixteenth of the number of keys held if that is more (see `crate::snapshots`).
     #[arg(long, env = "FERROKV_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
     /// Raft heartbeat interval in milliseconds.
