@@ -61,9 +61,7 @@
 //!   writers therefore share fsyncs (group commit).
 //! - `append` returns at once; its [`IOFlushed`] callback fires once the entries are durable.
 //!   `save_vote`, `truncate_after` and `purge` wait until their record is durable. `save_committed`
-//!   only changes memory: the committed id is written after the records of the next request
-//!   (or at close), and a crash may lose the latest one, which only means re-applying less after
-//!   a restart (openraft allows not persisting it at all).
+//!   is ordered with everything else but does not wait.
 //! - The vote becomes visible to readers only once it is durable (the writer thread publishes it).
 //! - Vote and log records share the queue, so they are never reordered (an openraft requirement).
 //! - After any I/O error of the writer the store is poisoned: the failing requests and every later
@@ -71,7 +69,7 @@
 //!   stays a torn tail that the next open cuts off.
 //!
 //! One exception saves two thread wake-ups per replication round on a follower. With
-//! [`LogStore::set_caller_writes`] on, a caller submitting an append while the
+//! [`LogStore::set_caller_writes`] on, a caller submitting an append or a committed id while the
 //! writer thread has nothing queued and is not writing writes the record (and fsyncs) itself, on
 //! its own thread, under the same `Writer` and with the same guarantees; anything queued or in
 //! progress sends it through the queue as usual, so the order is unchanged. The node turns it on
@@ -363,8 +361,6 @@ struct State {
     /// The last vote submitted, durable or not: what a compaction writes (see [`Writer`]).
     pending_vote: Option<Vote>,
     committed: Option<LogId>,
-    /// `committed` changed since it was last queued for writing (see `save_committed`).
-    committed_unsaved: bool,
     last_purged: Option<LogId>,
     /// Sequence number of the last request queued. Assigned under this lock together with the
     /// memory change, so a snapshot of this state is exactly "requests up to `last_seq`".
@@ -553,7 +549,6 @@ struct Inner {
 impl Inner {
     /// Close the queue and wait for the writer to finish what was queued before.
     fn close(&self) {
-        self.queue_unsaved_committed();
         drop(lock(&self.tx).take());
         // Held while joining so that a concurrent `close` returns only once the writer is done.
         let mut writer = lock(&self.writer);
@@ -564,30 +559,6 @@ impl Inner {
         }
         // Only now that nothing writes any more may another store open the directory.
         drop(lock(&self.dir_lock).take());
-    }
-}
-
-impl Inner {
-    /// Queue the committed id if it was not written yet, so that a clean close keeps it.
-    fn queue_unsaved_committed(&self) {
-        let mut state = lock(&self.state);
-        if !state.committed_unsaved {
-            return;
-        }
-        let mut bytes = Vec::new();
-        if encode_record(&RecordRef::Committed(&state.committed), &mut bytes).is_err() {
-            return;
-        }
-        state.committed_unsaved = false;
-        let seq = state.next_seq();
-        let tx = lock(&self.tx);
-        if let Some(tx) = tx.as_ref() {
-            self.shared.queued.fetch_add(1, Ordering::SeqCst);
-            let request = Request { seq, bytes, done: Completion::None, vote: None, may_compact: false };
-            if tx.send(Msg::Write(request)).is_err() {
-                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
     }
 }
 
@@ -717,20 +688,11 @@ impl LogStore {
     fn submit(
         &self,
         state: &mut State,
-        mut bytes: Vec<u8>,
+        bytes: Vec<u8>,
         done: Completion,
         vote: Option<Vote>,
         may_compact: bool,
     ) -> io::Result<()> {
-        // A committed id not written yet goes along, after this request's records: it never
-        // names an entry that they remove (committed entries are never truncated).
-        if state.committed_unsaved {
-            if let Err(e) = encode_record(&RecordRef::Committed(&state.committed), &mut bytes) {
-                done.complete(Err(copy_error(&e)));
-                return Err(e);
-            }
-            state.committed_unsaved = false;
-        }
         let seq = state.next_seq();
         let request = Request { seq, bytes, done, vote, may_compact };
         match self.write_here(request) {
@@ -911,14 +873,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         self.check_usable()?;
+        let mut bytes = Vec::new();
+        encode_record(&RecordRef::Committed(&committed), &mut bytes)?;
         let mut state = self.state();
         state.committed = committed;
-        // Not written on its own: it goes with the next record written, or at close. Losing
-        // the latest committed id in a crash only means re-applying less on restart
-        // (openraft's contract for this method), and a record of its own cost the leader a
-        // wake-up of the writer thread between a commit and the answer to the client.
-        state.committed_unsaved = true;
-        Ok(())
+        // Ordered with the other writes, but not awaited: losing the latest committed id in a
+        // crash only means re-applying less on restart (openraft's contract for this method).
+        self.submit(&mut state, bytes, Completion::None, None, false)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -1256,12 +1217,10 @@ impl Writer {
         }
         let started = Instant::now();
         let snapshot = {
-            let mut state = lock(&self.state);
+            let state = lock(&self.state);
             if wal_bytes <= state.live_bytes.saturating_mul(self.options.compact_ratio) {
                 return;
             }
-            // The rewrite writes the committed id: it needs no record of its own any more.
-            state.committed_unsaved = false;
             // Cloning under the lock blocks callers for a moment; writing the file does not.
             CompactionSnapshot {
                 covers: state.last_seq,
@@ -1666,8 +1625,6 @@ mod tests {
         store.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
         append(&mut store, (1..=19).map(|i| put_entry(1, i, 30)).collect()).await;
         store.save_committed(Some(lid(1, 19))).await.unwrap();
-        // An empty append writes the committed id (it goes with the next request).
-        append(&mut store, vec![]).await;
         append(&mut store, vec![put_entry(1, 20, 30)]).await;
         let observed = observe(&mut store).await;
         drop(store);
@@ -1910,41 +1867,16 @@ mod tests {
         done.try_recv().expect("append completed before append returned").unwrap();
         assert_eq!(store.stats().fsyncs, fsyncs + 1);
         store.save_committed(Some(lid(1, 1))).await.unwrap();
-        assert_eq!(decode_file(&wal(dir.path())).len(), 1, "a committed id has no record of its own");
-        let mut done = submit_append(&mut store, put_entry(1, 2, 50)).await;
-        done.try_recv().expect("append completed before append returned").unwrap();
-        let records = decode_file(&wal(dir.path()));
-        assert_eq!(records.len(), 3, "the committed id follows the next append");
-        assert!(matches!(records[2], Record::Committed(Some(id)) if id == lid(1, 1)));
+        assert_eq!(decode_file(&wal(dir.path())).len(), 2, "the committed id is in the file at once");
         assert_eq!(queued(&store), 0, "nothing went through the writer thread");
 
         // Off again: appends go through the writer thread.
         store.set_caller_writes(false);
         let gate = store.pause_writer();
-        let mut queued_append = submit_append(&mut store, put_entry(1, 3, 50)).await;
+        let mut queued_append = submit_append(&mut store, put_entry(1, 2, 50)).await;
         assert!(queued_append.try_recv().is_err(), "completed while the writer was paused");
         drop(gate);
         await_in_order(vec![queued_append]).await;
-    }
-
-    #[tokio::test]
-    async fn a_committed_id_is_written_with_the_next_request_or_at_close() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
-        append(&mut store, (1..=3).map(|i| put_entry(1, i, 10)).collect()).await;
-        store.save_committed(Some(lid(1, 2))).await.unwrap();
-        assert_eq!(store.read_committed().await.unwrap(), Some(lid(1, 2)));
-        // A crash now loses the committed id, and nothing else.
-        let crashed = tempfile::tempdir().unwrap();
-        fs::copy(wal(dir.path()), wal(crashed.path())).unwrap();
-        let lost = observe_fresh(crashed.path()).await;
-        assert_eq!((lost.committed, lost.entries.len()), (None, 3));
-
-        store.save_committed(Some(lid(1, 3))).await.unwrap();
-        drop(store);
-        assert_eq!(observe_fresh(dir.path()).await.committed, Some(lid(1, 3)), "written at close");
-        let records = decode_file(&wal(dir.path()));
-        assert_eq!(records.iter().filter(|r| matches!(r, Record::Committed(_))).count(), 1);
     }
 
     #[tokio::test]
