@@ -47,8 +47,9 @@ openraft::declare_raft_types!(
         Node = Member,
 );
 
-/// Snapshot payload: the encoded state machine (see `storage::snapshot`). Cheap to clone.
-pub type SnapshotData = bytes::Bytes;
+/// Snapshot payload: the encoded state machine in a file (see `storage::snapshot_file`). Cheap
+/// to clone.
+pub type SnapshotData = crate::storage::SnapshotFile;
 
 pub type Raft = openraft::Raft<TypeConfig, crate::storage::StateMachineStore>;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;

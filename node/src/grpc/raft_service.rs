@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use bytes::BytesMut;
+
 use ferrokv_proto::RaftReply;
 use ferrokv_proto::RaftRequest;
 use ferrokv_proto::SnapshotChunk;
@@ -20,7 +20,7 @@ use super::bad_payload;
 use crate::codec;
 use crate::service::Core;
 use crate::service::Service;
-use crate::storage::snapshot;
+use crate::storage::Incoming;
 use crate::types::DATA_GROUP;
 use crate::types::GroupId;
 use crate::types::Raft;
@@ -140,14 +140,31 @@ impl ferrokv_proto::raft_server::Raft for RaftService {
         let first = stream.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let core = self.core_for(first.group_id, first.target)?.clone();
         let (vote, meta): (Vote, SnapshotMeta) = codec::decode(&first.meta).map_err(bad_payload)?;
-        let mut data = BytesMut::from(&first.data[..]);
-        while let Some(chunk) = stream.next().await {
-            data.extend_from_slice(&chunk?.data);
+        // Written to a file as it arrives, never held whole in memory.
+        let mut incoming = core.sm.incoming_snapshot().map_err(receiving)?;
+        let mut piece = Some(first.data);
+        while let Some(data) = piece {
+            incoming = append(incoming, data).await?;
+            piece = stream.next().await.transpose()?.map(|chunk| chunk.data);
         }
-        let data = data.freeze();
         // Validate before Raft sees it: a state-machine error on install would stop the node.
-        snapshot::decode(&data).map_err(|e| Status::invalid_argument(format!("rejected snapshot: {e}")))?;
+        let data = tokio::task::spawn_blocking(move || incoming.finish())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::invalid_argument(format!("rejected snapshot: {e}")))?;
         let resp = core.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await.map_err(fatal)?;
         reply(&resp)
     }
+}
+
+/// Append a piece of a peer's snapshot, off the async runtime.
+async fn append(mut incoming: Incoming, data: Bytes) -> Result<Incoming, Status> {
+    tokio::task::spawn_blocking(move || incoming.append(&data).map(|()| incoming))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(receiving)
+}
+
+fn receiving(e: std::io::Error) -> Status {
+    Status::internal(format!("receiving a snapshot: {e}"))
 }

@@ -298,29 +298,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let net = |e: &dyn std::error::Error| StreamingError::Network(NetworkError::from_string(e.to_string()));
         let meta = codec::encode(&(vote, snapshot.meta.clone())).map_err(|e| net(&e))?;
-        let data = snapshot.snapshot;
-        let (group_id, target) = (self.group, self.target);
-        let mut chunks = Vec::with_capacity(data.len() / SNAPSHOT_CHUNK + 1);
-        let mut offset = 0;
-        loop {
-            let end = (offset + SNAPSHOT_CHUNK).min(data.len());
-            let meta = if offset == 0 { Bytes::from(meta.clone()) } else { Bytes::new() };
-            chunks.push(SnapshotChunk { group_id, target, meta, data: data.slice(offset..end) });
-            offset = end;
-            if offset >= data.len() {
-                break;
-            }
-        }
+        let chunks = snapshot_chunks(snapshot.snapshot, Bytes::from(meta), self.group, self.target);
         let mut client = self.pool.raft(&self.addr).map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         // A snapshot may be large: allow the hard TTL for the whole stream.
-        let send = tokio::time::timeout(option.hard_ttl(), client.install_snapshot(futures::stream::iter(chunks)));
+        let send = tokio::time::timeout(option.hard_ttl(), client.install_snapshot(chunks));
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             r = send => match r {
                 Err(_) => return Err(StreamingError::Timeout(Timeout {
                     action: openraft::RPCTypes::InstallSnapshot,
                     id: 0,
-                    target,
+                    target: self.target,
                     timeout: option.hard_ttl(),
                 })),
                 Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
@@ -332,6 +320,36 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         };
         codec::decode(&reply.payload).map_err(|e| net(&e))
     }
+}
+
+/// The chunks of a snapshot, read from its file one at a time as the stream is sent (the
+/// meta rides on the first). A read that fails ends the stream early: the receiver then
+/// refuses the snapshot (its checksum no longer matches) and the transfer is retried.
+fn snapshot_chunks(
+    data: SnapshotData,
+    meta: Bytes,
+    group_id: GroupId,
+    target: RaftId,
+) -> impl futures::Stream<Item = SnapshotChunk> + Send + 'static {
+    let len = data.len();
+    futures::stream::unfold(Some(0u64), move |offset| {
+        let (data, meta) = (data.clone(), meta.clone());
+        async move {
+            let offset = offset?;
+            let read = tokio::task::spawn_blocking(move || data.read_chunk(offset, SNAPSHOT_CHUNK)).await;
+            let piece = match read.map_err(std::io::Error::other).and_then(|r| r) {
+                Ok(piece) => piece,
+                Err(e) => {
+                    tracing::warn!("reading snapshot data to send: {e}");
+                    return None;
+                }
+            };
+            let next = offset + piece.len() as u64;
+            let meta = if offset == 0 { meta } else { Bytes::new() };
+            let chunk = SnapshotChunk { group_id, target, meta, data: piece };
+            Some((chunk, (next < len).then_some(next)))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -397,5 +415,44 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(next_within_a_second(&mut input).await, Some((4, 3, 3)));
         assert!(started.elapsed() >= COMMIT_ONLY_HOLD);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_sent_in_chunks_that_rebuild_it() {
+        use crate::command::Command;
+        use crate::command::Condition;
+        use crate::state::KvState;
+        use crate::storage::Incoming;
+        use crate::storage::snapshot;
+
+        let mut kv = KvState::default();
+        for i in 0..12_000u64 {
+            let value = Bytes::from(vec![i as u8; 200]);
+            let put = Command::Put {
+                key: format!("k/{i:06}"),
+                value,
+                content_type: None,
+                ttl_ms: None,
+                condition: Condition::None,
+                now_ms: 1,
+            };
+            kv.apply(i + 1, &put);
+        }
+        let whole = snapshot::encode(&kv).unwrap();
+        assert!(whole.len() > 2 * SNAPSHOT_CHUNK, "the snapshot must take several chunks");
+        let dir = tempfile::tempdir().unwrap();
+        let mut sent = Incoming::create(dir.path()).unwrap();
+        sent.append(&whole).unwrap();
+        let sent = sent.finish().unwrap();
+
+        let chunks: Vec<SnapshotChunk> = snapshot_chunks(sent, Bytes::from_static(b"meta"), 0, 2).collect().await;
+        assert_eq!(chunks.len(), whole.len().div_ceil(SNAPSHOT_CHUNK));
+        assert_eq!(chunks[0].meta, Bytes::from_static(b"meta"));
+        assert!(chunks[1..].iter().all(|c| c.meta.is_empty() && c.group_id == 0 && c.target == 2));
+        let mut received = Incoming::create(dir.path()).unwrap();
+        for c in &chunks {
+            received.append(&c.data).unwrap();
+        }
+        assert_eq!(received.finish().unwrap().decode().unwrap(), kv);
     }
 }

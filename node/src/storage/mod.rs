@@ -3,10 +3,13 @@
 
 mod log_store;
 pub mod snapshot;
+mod snapshot_file;
 mod state_machine;
 
 pub use log_store::FsyncPolicy;
 pub use log_store::LogStore;
+pub use snapshot_file::Incoming;
+pub use snapshot_file::SnapshotFile;
 pub use state_machine::SmData;
 pub use state_machine::StateMachineStore;
 

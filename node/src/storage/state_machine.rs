@@ -14,6 +14,7 @@ use std::sync::RwLockWriteGuard;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use futures::Stream;
 use futures::StreamExt;
 use openraft::EntryPayload;
@@ -24,7 +25,9 @@ use openraft::storage::RaftStateMachine;
 use crate::command::CommandResult;
 use crate::state::Digest;
 use crate::state::KvState;
+use crate::storage::Incoming;
 use crate::storage::snapshot;
+use crate::storage::snapshot_file;
 use crate::types::LogId;
 use crate::types::Snapshot;
 use crate::types::SnapshotData;
@@ -65,8 +68,8 @@ pub struct SmCounters {
 
 struct Inner {
     data: RwLock<SmData>,
-    /// Holds `snapshot.bin`, the one current snapshot. Its data is not kept in memory: it is
-    /// read back from the file on the rare occasions a peer needs it.
+    /// Holds `snapshot.bin`, the one current snapshot. Its data is never held whole in memory:
+    /// it is written, sent and loaded a piece at a time (see `snapshot_file`).
     dir: PathBuf,
     counters: SmCounters,
 }
@@ -84,11 +87,11 @@ impl StateMachineStore {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         let mut data = SmData::default();
-        if let Some((meta, bytes)) = snapshot::read_file(&dir)? {
+        if let Some((meta, snapshot)) = snapshot_file::read_current(&dir)? {
             data = SmData {
                 last_applied: meta.last_log_id,
                 last_membership: meta.last_membership.clone(),
-                kv: snapshot::decode(&bytes)?,
+                kv: snapshot.decode()?,
                 checkpoints: VecDeque::new(),
             };
             tracing::info!(last_log_id = ?meta.last_log_id, keys = data.kv.len(), "restored snapshot");
@@ -103,8 +106,9 @@ impl StateMachineStore {
         f(&self.read_guard())
     }
 
-    /// The state as snapshot data, with the log index it was taken at (a consistent cut).
-    pub fn encode_state(&self) -> io::Result<(u64, SnapshotData)> {
+    /// The state as snapshot data in memory, with the log index it was taken at (a consistent
+    /// cut).
+    pub fn encode_state(&self) -> io::Result<(u64, Bytes)> {
         let sm = self.read_guard();
         Ok((sm.applied_index(), snapshot::encode(&sm.kv)?))
     }
@@ -144,25 +148,32 @@ impl StateMachineStore {
         self.inner.data.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Persist snapshot data off the async runtime (it may be large).
-    async fn persist(&self, meta: SnapshotMeta, data: SnapshotData) -> io::Result<()> {
-        let dir = self.inner.dir.clone();
-        self.inner.counters.snapshot_bytes.store(data.len() as u64, Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || snapshot::write_file(&dir, &meta, &data)).await.map_err(io::Error::other)?
+    /// A peer's snapshot, to be received into a temporary file in this store's directory.
+    pub fn incoming_snapshot(&self) -> io::Result<Incoming> {
+        Incoming::create(&self.inner.dir)
     }
+
+    /// Write the current state as a snapshot (a consistent cut: applies wait meanwhile).
+    fn write_snapshot(&self) -> io::Result<(SnapshotMeta, SnapshotData)> {
+        let sm = self.read_guard();
+        let meta = SnapshotMeta { last_log_id: sm.last_applied, last_membership: sm.last_membership.clone() };
+        let data = snapshot_file::write_state(&self.inner.dir, &meta, &sm.kv)?;
+        Ok((meta, data))
+    }
+}
+
+/// Run blocking file work off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        // Encoding under the read lock gives a consistent cut; applies wait meanwhile.
-        let (meta, data) = {
-            let sm = self.read_guard();
-            let meta = SnapshotMeta { last_log_id: sm.last_applied, last_membership: sm.last_membership.clone() };
-            (meta, snapshot::encode(&sm.kv)?)
-        };
-        self.persist(meta.clone(), data.clone()).await?;
+        let store = self.clone();
+        let (meta, data) = blocking(move || store.write_snapshot()).await?;
+        self.inner.counters.snapshot_bytes.store(data.len(), Ordering::Relaxed);
         self.inner.counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: data })
@@ -218,8 +229,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), io::Error> {
-        let kv = snapshot::decode(&data)?;
-        self.persist(meta.clone(), data.clone()).await?;
+        let (dir, written, bytes) = (self.inner.dir.clone(), meta.clone(), data.len());
+        let kv = blocking(move || {
+            let kv = data.decode()?;
+            snapshot_file::write_copy(&dir, &written, &data)?;
+            Ok(kv)
+        })
+        .await?;
         {
             let mut sm = self.write_guard();
             *sm = SmData {
@@ -229,15 +245,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 checkpoints: VecDeque::new(),
             };
         }
+        self.inner.counters.snapshot_bytes.store(bytes, Ordering::Relaxed);
         self.inner.counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes, "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let dir = self.inner.dir.clone();
-        let current =
-            tokio::task::spawn_blocking(move || snapshot::read_file(&dir)).await.map_err(io::Error::other)??;
+        let current = blocking(move || snapshot_file::read_current(&dir)).await?;
         Ok(current.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
     }
 }
