@@ -61,7 +61,11 @@
 //!   writers therefore share fsyncs (group commit).
 //! - `append` returns at once; its [`IOFlushed`] callback fires once the entries are durable.
 //!   `save_vote`, `truncate_after` and `purge` wait until their record is durable. `save_committed`
-//!   is ordered with everything else but does not wait.
+//!   only changes memory: the committed id is written after the records of the next request,
+//!   by the writer thread once the queue has been quiet for 10 ms, or at close. A crash may lose
+//!   the latest one, which only means re-applying less after a restart (openraft allows not
+//!   persisting it at all); a leader restarted in its own term does not build read indexes on
+//!   it (see `service::resumed_leadership`).
 //! - The vote becomes visible to readers only once it is durable (the writer thread publishes it).
 //! - Vote and log records share the queue, so they are never reordered (an openraft requirement).
 //! - After any I/O error of the writer the store is poisoned: the failing requests and every later
@@ -69,7 +73,7 @@
 //!   stays a torn tail that the next open cuts off.
 //!
 //! One exception saves two thread wake-ups per replication round on a follower. With
-//! [`LogStore::set_caller_writes`] on, a caller submitting an append or a committed id while the
+//! [`LogStore::set_caller_writes`] on, a caller submitting an append while the
 //! writer thread has nothing queued and is not writing writes the record (and fsyncs) itself, on
 //! its own thread, under the same `Writer` and with the same guarantees; anything queued or in
 //! progress sends it through the queue as usual, so the order is unchanged. The node turns it on
@@ -205,11 +209,19 @@ pub struct LogStoreOptions {
     /// The WAL is rewritten when it is more than this many times the bytes of the live entries
     /// (and above `compact_min_bytes`).
     pub compact_ratio: u64,
+    /// A committed id that no request has carried is written by the writer thread once the
+    /// queue has been quiet this long, so an idle node does not keep an old one on disk.
+    pub committed_written_within: Duration,
 }
 
 impl Default for LogStoreOptions {
     fn default() -> Self {
-        LogStoreOptions { fsync: FsyncPolicy::Always, compact_min_bytes: 64 << 20, compact_ratio: 4 }
+        LogStoreOptions {
+            fsync: FsyncPolicy::Always,
+            compact_min_bytes: 64 << 20,
+            compact_ratio: 4,
+            committed_written_within: Duration::from_millis(10),
+        }
     }
 }
 
@@ -361,6 +373,8 @@ struct State {
     /// The last vote submitted, durable or not: what a compaction writes (see [`Writer`]).
     pending_vote: Option<Vote>,
     committed: Option<LogId>,
+    /// `committed` changed since it was last queued for writing (see `save_committed`).
+    committed_unsaved: bool,
     last_purged: Option<LogId>,
     /// Sequence number of the last request queued. Assigned under this lock together with the
     /// memory change, so a snapshot of this state is exactly "requests up to `last_seq`".
@@ -546,9 +560,24 @@ struct Inner {
     dir_lock: Mutex<Option<File>>,
 }
 
+impl State {
+    /// The record of a committed id not written yet, if there is one, and the sequence number
+    /// it is written under; from now on it counts as written.
+    fn take_unsaved_committed(&mut self) -> io::Result<Option<(u64, Vec<u8>)>> {
+        if !self.committed_unsaved {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        encode_record(&RecordRef::Committed(&self.committed), &mut bytes)?;
+        self.committed_unsaved = false;
+        Ok(Some((self.next_seq(), bytes)))
+    }
+}
+
 impl Inner {
     /// Close the queue and wait for the writer to finish what was queued before.
     fn close(&self) {
+        self.queue_unsaved_committed();
         drop(lock(&self.tx).take());
         // Held while joining so that a concurrent `close` returns only once the writer is done.
         let mut writer = lock(&self.writer);
@@ -559,6 +588,24 @@ impl Inner {
         }
         // Only now that nothing writes any more may another store open the directory.
         drop(lock(&self.dir_lock).take());
+    }
+}
+
+impl Inner {
+    /// Queue the committed id if it was not written yet, so that a clean close keeps it.
+    fn queue_unsaved_committed(&self) {
+        let mut state = lock(&self.state);
+        let Ok(Some((seq, bytes))) = state.take_unsaved_committed() else {
+            return;
+        };
+        let tx = lock(&self.tx);
+        if let Some(tx) = tx.as_ref() {
+            self.shared.queued.fetch_add(1, Ordering::SeqCst);
+            let request = Request { seq, bytes, done: Completion::None, vote: None, may_compact: false };
+            if tx.send(Msg::Write(request)).is_err() {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
     }
 }
 
@@ -627,9 +674,10 @@ impl LogStore {
         let output = Arc::new(Mutex::new(writer));
         let thread_output = output.clone();
         let thread_shared = shared.clone();
+        let (thread_state, quiet) = (state.clone(), options.committed_written_within);
         let handle = std::thread::Builder::new()
             .name("raft-wal".to_string())
-            .spawn(move || Writer::run(&thread_output, &thread_shared, rx))?;
+            .spawn(move || Writer::run(&thread_output, &thread_shared, &thread_state, quiet, rx))?;
 
         Ok(LogStore {
             inner: Arc::new(Inner {
@@ -688,11 +736,20 @@ impl LogStore {
     fn submit(
         &self,
         state: &mut State,
-        bytes: Vec<u8>,
+        mut bytes: Vec<u8>,
         done: Completion,
         vote: Option<Vote>,
         may_compact: bool,
     ) -> io::Result<()> {
+        // A committed id not written yet goes along, after this request's records: it never
+        // names an entry that they remove (committed entries are never truncated).
+        if state.committed_unsaved {
+            if let Err(e) = encode_record(&RecordRef::Committed(&state.committed), &mut bytes) {
+                done.complete(Err(copy_error(&e)));
+                return Err(e);
+            }
+            state.committed_unsaved = false;
+        }
         let seq = state.next_seq();
         let request = Request { seq, bytes, done, vote, may_compact };
         match self.write_here(request) {
@@ -873,13 +930,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         self.check_usable()?;
-        let mut bytes = Vec::new();
-        encode_record(&RecordRef::Committed(&committed), &mut bytes)?;
         let mut state = self.state();
         state.committed = committed;
-        // Ordered with the other writes, but not awaited: losing the latest committed id in a
-        // crash only means re-applying less on restart (openraft's contract for this method).
-        self.submit(&mut state, bytes, Completion::None, None, false)
+        // Not written on its own: it goes with the next record written, after a quiet spell of
+        // the writer thread (`committed_written_within`), or at close. Losing
+        // the latest committed id in a crash only means re-applying less on restart
+        // (openraft's contract for this method), and a record of its own cost the leader a
+        // wake-up of the writer thread between a commit and the answer to the client.
+        state.committed_unsaved = true;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -1094,10 +1153,20 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(output: &Mutex<Writer>, shared: &Shared, rx: mpsc::Receiver<Msg>) {
-        // `recv` fails only once every sender is gone and the queue is empty, so everything
-        // submitted before `close`/drop is still written.
-        while let Ok(first) = rx.recv() {
+    /// The writer thread: batches from the queue, and after `quiet` without any, the committed
+    /// id no request carried.
+    fn run(output: &Mutex<Writer>, shared: &Shared, state: &Mutex<State>, quiet: Duration, rx: mpsc::Receiver<Msg>) {
+        loop {
+            // Disconnected only once every sender is gone and the queue is empty, so
+            // everything submitted before `close`/drop is still written.
+            let first = match rx.recv_timeout(quiet) {
+                Ok(msg) => msg,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    Self::write_unsaved_committed(output, shared, state);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let mut batch = Vec::new();
             let mut next = Some(first);
             // Group commit: whatever queued up while the previous batch was being written and
@@ -1119,6 +1188,21 @@ impl Writer {
             Self::commit_queued(output, shared, batch);
         }
         // Every batch was flushed as it was committed; nothing is left in the buffer.
+    }
+
+    /// After a quiet spell, write the committed id that no request carried (see
+    /// `save_committed`). Counted as queued from its sequence number on, so that a caller
+    /// submitting meanwhile goes through the queue, behind it.
+    fn write_unsaved_committed(output: &Mutex<Writer>, shared: &Shared, state: &Mutex<State>) {
+        let request = {
+            let mut state = lock(state);
+            let Ok(Some((seq, bytes))) = state.take_unsaved_committed() else {
+                return;
+            };
+            shared.queued.fetch_add(1, Ordering::SeqCst);
+            Request { seq, bytes, done: Completion::None, vote: None, may_compact: false }
+        };
+        Self::commit_queued(output, shared, vec![request]);
     }
 
     /// Commit a batch taken from the queue; only then (completions sent) is it no longer queued.
@@ -1217,10 +1301,12 @@ impl Writer {
         }
         let started = Instant::now();
         let snapshot = {
-            let state = lock(&self.state);
+            let mut state = lock(&self.state);
             if wal_bytes <= state.live_bytes.saturating_mul(self.options.compact_ratio) {
                 return;
             }
+            // The rewrite writes the committed id: it needs no record of its own any more.
+            state.committed_unsaved = false;
             // Cloning under the lock blocks callers for a moment; writing the file does not.
             CompactionSnapshot {
                 covers: state.last_seq,
@@ -1625,6 +1711,8 @@ mod tests {
         store.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
         append(&mut store, (1..=19).map(|i| put_entry(1, i, 30)).collect()).await;
         store.save_committed(Some(lid(1, 19))).await.unwrap();
+        // An empty append writes the committed id (it goes with the next request).
+        append(&mut store, vec![]).await;
         append(&mut store, vec![put_entry(1, 20, 30)]).await;
         let observed = observe(&mut store).await;
         drop(store);
@@ -1859,7 +1947,7 @@ mod tests {
     #[tokio::test]
     async fn a_caller_writes_and_syncs_its_own_append_when_the_writer_is_idle() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = LogStore::open(dir.path(), FsyncPolicy::Always).unwrap();
+        let mut store = LogStore::open_with_options(dir.path(), never_when_quiet()).unwrap();
         store.set_caller_writes(true);
         let fsyncs = store.stats().fsyncs;
         let mut done = submit_append(&mut store, put_entry(1, 1, 50)).await;
@@ -1867,16 +1955,72 @@ mod tests {
         done.try_recv().expect("append completed before append returned").unwrap();
         assert_eq!(store.stats().fsyncs, fsyncs + 1);
         store.save_committed(Some(lid(1, 1))).await.unwrap();
-        assert_eq!(decode_file(&wal(dir.path())).len(), 2, "the committed id is in the file at once");
+        assert_eq!(decode_file(&wal(dir.path())).len(), 1, "a committed id has no record of its own");
+        let mut done = submit_append(&mut store, put_entry(1, 2, 50)).await;
+        done.try_recv().expect("append completed before append returned").unwrap();
+        let records = decode_file(&wal(dir.path()));
+        assert_eq!(records.len(), 3, "the committed id follows the next append");
+        assert!(matches!(records[2], Record::Committed(Some(id)) if id == lid(1, 1)));
         assert_eq!(queued(&store), 0, "nothing went through the writer thread");
 
         // Off again: appends go through the writer thread.
         store.set_caller_writes(false);
         let gate = store.pause_writer();
-        let mut queued_append = submit_append(&mut store, put_entry(1, 2, 50)).await;
+        let mut queued_append = submit_append(&mut store, put_entry(1, 3, 50)).await;
         assert!(queued_append.try_recv().is_err(), "completed while the writer was paused");
         drop(gate);
         await_in_order(vec![queued_append]).await;
+    }
+
+    #[tokio::test]
+    async fn a_committed_id_is_written_with_the_next_request_or_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open_with_options(dir.path(), never_when_quiet()).unwrap();
+        append(&mut store, (1..=3).map(|i| put_entry(1, i, 10)).collect()).await;
+        store.save_committed(Some(lid(1, 2))).await.unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), Some(lid(1, 2)));
+        // A crash now loses the committed id, and nothing else.
+        let crashed = tempfile::tempdir().unwrap();
+        fs::copy(wal(dir.path()), wal(crashed.path())).unwrap();
+        let lost = observe_fresh(crashed.path()).await;
+        assert_eq!((lost.committed, lost.entries.len()), (None, 3));
+
+        store.save_committed(Some(lid(1, 3))).await.unwrap();
+        drop(store);
+        assert_eq!(observe_fresh(dir.path()).await.committed, Some(lid(1, 3)), "written at close");
+        let records = decode_file(&wal(dir.path()));
+        assert_eq!(records.iter().filter(|r| matches!(r, Record::Committed(_))).count(), 1);
+    }
+
+    /// Options under which the writer never writes a committed id for being quiet.
+    fn never_when_quiet() -> LogStoreOptions {
+        LogStoreOptions { committed_written_within: Duration::from_secs(3600), ..LogStoreOptions::default() }
+    }
+
+    #[tokio::test]
+    async fn an_idle_writer_writes_the_committed_id_no_request_carried() {
+        let dir = tempfile::tempdir().unwrap();
+        let options =
+            LogStoreOptions { committed_written_within: Duration::from_millis(5), ..LogStoreOptions::default() };
+        let mut store = LogStore::open_with_options(dir.path(), options).unwrap();
+        append(&mut store, (1..=3).map(|i| put_entry(1, i, 10)).collect()).await;
+        store.save_committed(Some(lid(1, 3))).await.unwrap();
+        // Bounded wait: up to 5 s for a write due after 5 ms.
+        let written =
+            |records: Vec<Record>| records.iter().any(|r| matches!(r, Record::Committed(Some(id)) if *id == lid(1, 3)));
+        let mut found = false;
+        for _ in 0..1000 {
+            if written(decode_file(&wal(dir.path()))) {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(found, "the committed id was not written while the writer was idle");
+        // A crash now keeps it.
+        let crashed = tempfile::tempdir().unwrap();
+        fs::copy(wal(dir.path()), wal(crashed.path())).unwrap();
+        assert_eq!(observe_fresh(crashed.path()).await.committed, Some(lid(1, 3)));
     }
 
     #[tokio::test]
@@ -2008,7 +2152,12 @@ mod tests {
     #[tokio::test]
     async fn compaction_keeps_only_live_data() {
         let dir = tempfile::tempdir().unwrap();
-        let options = LogStoreOptions { fsync: FsyncPolicy::Always, compact_min_bytes: 1024, compact_ratio: 2 };
+        let options = LogStoreOptions {
+            fsync: FsyncPolicy::Always,
+            compact_min_bytes: 1024,
+            compact_ratio: 2,
+            ..LogStoreOptions::default()
+        };
         let mut store = LogStore::open_with_options(dir.path(), options).unwrap();
         store.save_vote(&Vote::new_committed(3, 1)).await.unwrap();
         append(&mut store, (1..=100).map(|i| put_entry(1, i, 100)).collect()).await;
@@ -2082,7 +2231,12 @@ mod tests {
         // snapshot must stand for those writes (they are not written again), and a crash right
         // after the rewrite must recover exactly the snapshot.
         let dir = tempfile::tempdir().unwrap();
-        let options = LogStoreOptions { fsync: FsyncPolicy::Always, compact_min_bytes: 0, compact_ratio: 1 };
+        let options = LogStoreOptions {
+            fsync: FsyncPolicy::Always,
+            compact_min_bytes: 0,
+            compact_ratio: 1,
+            ..LogStoreOptions::default()
+        };
         let mut store = LogStore::open_with_options(dir.path(), options).unwrap();
         store.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
         append(&mut store, (1..=50).map(|i| put_entry(1, i, 100)).collect()).await;
@@ -2354,7 +2508,12 @@ mod tests {
 
         #[tokio::test]
         async fn suite_passes_while_compacting_all_the_time() {
-            let options = LogStoreOptions { fsync: FsyncPolicy::Never, compact_min_bytes: 0, compact_ratio: 1 };
+            let options = LogStoreOptions {
+                fsync: FsyncPolicy::Never,
+                compact_min_bytes: 0,
+                compact_ratio: 1,
+                ..LogStoreOptions::default()
+            };
             for caller_writes in [false, true] {
                 Suite::<TypeConfig, LogStore, TestSm, Builder, tempfile::TempDir>::test_all(Builder(
                     options,
