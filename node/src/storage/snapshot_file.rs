@@ -15,6 +15,7 @@ use std::io::Read;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -90,9 +91,11 @@ impl Read for Region {
     }
 }
 
-/// Encode `kv` as the snapshot described by `meta` and make it the current one in `dir`.
-pub fn write_state(dir: &Path, meta: &SnapshotMeta, kv: &KvState) -> io::Result<SnapshotFile> {
-    publish(dir, meta, |file, out, start| {
+/// Encode `kv` as the snapshot described by `meta` into a temporary file in `dir`; `publish`
+/// then makes it the current snapshot. Only this part needs the state: a caller holding a lock
+/// for a consistent cut can release it before the slow sync.
+pub fn write_state(dir: &Path, meta: &SnapshotMeta, kv: &KvState) -> io::Result<Unpublished> {
+    write_tmp(dir, meta, |file, out, start| {
         out.write_all(snapshot::MAGIC)?;
         out.write_all(&[0; 4])?;
         let crc = snapshot::write_body(kv, &mut *out)?;
@@ -103,20 +106,37 @@ pub fn write_state(dir: &Path, meta: &SnapshotMeta, kv: &KvState) -> io::Result<
 
 /// Make `data` (a peer's snapshot) the current snapshot in `dir`, described by `meta`.
 pub fn write_copy(dir: &Path, meta: &SnapshotMeta, data: &SnapshotFile) -> io::Result<SnapshotFile> {
-    publish(dir, meta, |_, out, _| {
+    write_tmp(dir, meta, |_, out, _| {
         io::copy(&mut data.reader(), out)?;
         Ok(())
-    })
+    })?
+    .publish()
+}
+
+/// A snapshot written to its temporary file, not yet synced nor current.
+pub struct Unpublished {
+    dir: PathBuf,
+    tmp: PathBuf,
+    data: SnapshotFile,
+}
+
+impl Unpublished {
+    /// Sync the snapshot and rename it to `snapshot.bin`; the handle to its data.
+    pub fn publish(self) -> io::Result<SnapshotFile> {
+        self.data.file.sync_all()?;
+        fs::rename(&self.tmp, self.dir.join(FILE_NAME))?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(self.data)
+    }
 }
 
 /// Write `[meta length][meta]` and then what `fill` writes (given the file, a buffered writer
-/// on it and the offset where the data starts) to a temporary file; sync it and rename it to
-/// `snapshot.bin`. The handle to the data it wrote.
-fn publish(
+/// on it and the offset where the data starts) to a temporary file in `dir`.
+fn write_tmp(
     dir: &Path,
     meta: &SnapshotMeta,
     fill: impl FnOnce(&File, &mut BufWriter<&File>, u64) -> io::Result<()>,
-) -> io::Result<SnapshotFile> {
+) -> io::Result<Unpublished> {
     let meta = codec::encode(meta)?;
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
     let file = File::options().read(true).write(true).create(true).truncate(true).open(&tmp)?;
@@ -128,11 +148,9 @@ fn publish(
         fill(&file, &mut out, start)?;
         out.flush()?;
     }
-    file.sync_all()?;
-    fs::rename(&tmp, dir.join(FILE_NAME))?;
-    File::open(dir)?.sync_all()?;
     let len = file.metadata()?.len().saturating_sub(start);
-    Ok(SnapshotFile { file: Arc::new(file), start, len })
+    let data = SnapshotFile { file: Arc::new(file), start, len };
+    Ok(Unpublished { dir: dir.to_path_buf(), tmp, data })
 }
 
 /// The current snapshot in `dir`, if any, with its magic and checksum verified (not decoded).
@@ -218,7 +236,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(read_current(dir.path()).unwrap().is_none());
         let (kv, meta) = (sample(20_000), SnapshotMeta::default());
-        let data = write_state(dir.path(), &meta, &kv).unwrap();
+        let written = write_state(dir.path(), &meta, &kv).unwrap();
+        assert!(read_current(dir.path()).unwrap().is_none(), "current before it was published");
+        let data = written.publish().unwrap();
         // Bigger than one write buffer, and the same bytes as the in-memory encoding.
         assert!(data.len() > WRITE_BUFFER as u64);
         let whole = snapshot::encode(&kv).unwrap();
@@ -229,7 +249,7 @@ mod tests {
         assert_eq!(m, meta);
         assert_eq!(current.decode().unwrap(), kv);
         // A newer snapshot replaces the file; the handle given out earlier still reads the old data.
-        write_state(dir.path(), &meta, &sample(3)).unwrap();
+        write_state(dir.path(), &meta, &sample(3)).unwrap().publish().unwrap();
         assert_eq!(data.decode().unwrap(), kv);
         assert_eq!(read_current(dir.path()).unwrap().unwrap().1.decode().unwrap(), sample(3));
     }
@@ -261,7 +281,7 @@ mod tests {
     #[test]
     fn a_damaged_snapshot_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        write_state(dir.path(), &SnapshotMeta::default(), &sample(100)).unwrap();
+        write_state(dir.path(), &SnapshotMeta::default(), &sample(100)).unwrap().publish().unwrap();
         let path = dir.path().join(FILE_NAME);
         let mut raw = fs::read(&path).unwrap();
         let last = raw.len() - 1;

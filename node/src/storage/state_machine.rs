@@ -153,12 +153,16 @@ impl StateMachineStore {
         Incoming::create(&self.inner.dir)
     }
 
-    /// Write the current state as a snapshot (a consistent cut: applies wait meanwhile).
+    /// Write the current state as a snapshot: a consistent cut, so applies wait while the
+    /// state is written to the file, but not while it is synced.
     fn write_snapshot(&self) -> io::Result<(SnapshotMeta, SnapshotData)> {
-        let sm = self.read_guard();
-        let meta = SnapshotMeta { last_log_id: sm.last_applied, last_membership: sm.last_membership.clone() };
-        let data = snapshot_file::write_state(&self.inner.dir, &meta, &sm.kv)?;
-        Ok((meta, data))
+        let (meta, written) = {
+            let sm = self.read_guard();
+            let meta = SnapshotMeta { last_log_id: sm.last_applied, last_membership: sm.last_membership.clone() };
+            let written = snapshot_file::write_state(&self.inner.dir, &meta, &sm.kv)?;
+            (meta, written)
+        };
+        Ok((meta, written.publish()?))
     }
 }
 
