@@ -4,7 +4,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-
 use ferrokv_proto::RaftReply;
 use ferrokv_proto::RaftRequest;
 use ferrokv_proto::SnapshotChunk;
