@@ -25,8 +25,6 @@ use anyhow::bail;
 use ferrokv_proto::AddMemberRequest;
 use ferrokv_proto::FormRequest;
 use ferrokv_proto::StatusRequest;
-use openraft::RaftLogReader as _;
-use openraft::storage::RaftLogStorage as _;
 use tokio::time::Instant;
 
 use crate::membership::Identity;
@@ -34,7 +32,6 @@ use crate::membership::dir_has_content;
 use crate::network::NetworkFactory;
 use crate::service::Core;
 use crate::service::Offer;
-use crate::service::ResumedLeadership;
 use crate::service::Service;
 use crate::storage::LogStore;
 use crate::storage::StateMachineStore;
@@ -297,12 +294,6 @@ async fn open_core(service: &Service, raft_id: RaftId) -> anyhow::Result<Arc<Cor
     let cfg = &service.cfg;
     let log = LogStore::open(&cfg.data_dir.join("raft"), cfg.fsync).context("opening the Raft log")?;
     let sm = StateMachineStore::open(cfg.data_dir.join("sm")).context("opening the state machine")?;
-    let resumed = {
-        let mut log = log.clone();
-        let vote = log.read_vote().await.context("reading the stored vote")?;
-        let last = log.get_log_state().await.context("reading the log state")?.last_log_id;
-        ResumedLeadership::at_startup(raft_id, vote.as_ref(), last)
-    };
     let config = Arc::new(cfg.raft_config().context("raft configuration")?);
     let network = NetworkFactory::new(service.pool.clone(), DATA_GROUP, cfg.replication_window as usize);
     let raft = Raft::new(raft_id, config, network, log.clone(), sm.clone()).await.context("starting Raft")?;
@@ -310,5 +301,5 @@ async fn open_core(service: &Service, raft_id: RaftId) -> anyhow::Result<Arc<Cor
     // the committed tail on start-up and a restarted node never serves older state. Waiting
     // for a cluster commit instead would deadlock a whole-cluster restart, since this node's
     // gRPC service needs the core to take part in the election.
-    Ok(Arc::new(Core::new(raft, raft_id, sm, log, resumed)))
+    Ok(Arc::new(Core::new(raft, raft_id, sm, log)))
 }

@@ -171,6 +171,12 @@ impl ServeArgs {
             max_payload_entries: 512,
             enable_pre_vote: Some(true),
             broadcast_submitted_on_append: Some(true),
+            // A restarted leader always stands for election in a new term. Resuming its old
+            // leadership in place would trust its own log and state, and neither need be complete:
+            // the committed id is not synced, and a machine crash can lose log entries this node
+            // had not yet synced although two other members had and the write was acknowledged.
+            // An election in a new term is won only by a log holding every committed entry.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()

@@ -7,7 +7,6 @@
 mod admin;
 mod coalesce;
 mod read;
-mod resumed_leadership;
 mod write;
 
 use std::sync::Arc;
@@ -21,7 +20,6 @@ pub use read::Consistency;
 pub use read::ReadOutcome;
 pub use read::ReadQuery;
 pub use read::WireRecord;
-pub use resumed_leadership::ResumedLeadership;
 use tokio::sync::oneshot;
 use tokio::sync::watch;
 pub use write::WriteOutcome;
@@ -53,18 +51,10 @@ pub struct Core {
     /// Confirmations of this node's leadership, shared by its linearizable reads, the reads
     /// forwarded to it and the followers' read-index calls while it leads.
     leader_read_index: Arc<Coalescer<ReadIndexRound>>,
-    /// The leadership this node may have resumed on start-up (see `resumed_leadership`).
-    resumed: Option<ResumedLeadership>,
 }
 
 impl Core {
-    pub fn new(
-        raft: Raft,
-        raft_id: RaftId,
-        sm: StateMachineStore,
-        log: LogStore,
-        resumed: Option<ResumedLeadership>,
-    ) -> Self {
+    pub fn new(raft: Raft, raft_id: RaftId, sm: StateMachineStore, log: LogStore) -> Self {
         Core {
             raft,
             raft_id,
@@ -72,7 +62,6 @@ impl Core {
             log,
             read_index: Arc::new(Coalescer::new(READ_INDEX_CALLS_IN_FLIGHT)),
             leader_read_index: Arc::new(Coalescer::new(LEADERSHIP_CONFIRMATIONS_IN_FLIGHT)),
-            resumed,
         }
     }
 

@@ -33,7 +33,6 @@ use crate::metrics::Metrics;
 use crate::network::PeerPool;
 use crate::network::is_connect_error;
 use crate::service::Core;
-use crate::service::ResumedLeadership;
 use crate::service::Service;
 use crate::service::write::Retry;
 use crate::service::write::Route;
@@ -187,8 +186,7 @@ impl Service {
     async fn leader_read_index(&self, core: &Core, deadline: Instant) -> Result<LogId, Retry> {
         let confirm = {
             let (raft, policy, timeout) = (core.raft.clone(), self.read_policy(), self.cfg.request_timeout());
-            let resumed = core.resumed.clone();
-            move || confirm_leadership(raft.clone(), policy.clone(), timeout, resumed.clone())
+            move || confirm_leadership(raft.clone(), policy.clone(), timeout)
         };
         match tokio::time::timeout_at(deadline, core.leader_read_index.get(confirm)).await {
             Err(_) => Err(Retry::Fail(ApiError::no_quorum("leadership could not be confirmed in time"))),
@@ -301,16 +299,10 @@ async fn fetch_read_index(core: Arc<Core>, pool: PeerPool, metrics: Arc<Metrics>
 }
 
 /// Confirm this node's leadership once (the call the coalescer shares): the read index, or
-/// `Retry::Again` when another node leads. The read index of a leadership resumed on start-up
-/// is raised to the log this node restarted with (see `resumed_leadership`).
-async fn confirm_leadership(
-    raft: Raft,
-    policy: ReadPolicy,
-    timeout: Duration,
-    resumed: Option<ResumedLeadership>,
-) -> ReadIndexRound {
+/// `Retry::Again` when another node leads.
+async fn confirm_leadership(raft: Raft, policy: ReadPolicy, timeout: Duration) -> ReadIndexRound {
     match tokio::time::timeout(timeout, raft.get_read_linearizer(policy)).await {
-        Ok(Ok(linearizer)) => Ok(ResumedLeadership::floor(resumed.as_ref(), *linearizer.read_log_id().log_id())),
+        Ok(Ok(linearizer)) => Ok(*linearizer.read_log_id().log_id()),
         Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Err(Retry::Again),
         Ok(Err(e)) => Err(Retry::Fail(linearizable_read_error(e))),
         Err(_) => Err(Retry::Fail(ApiError::no_quorum("leadership could not be confirmed in time"))),

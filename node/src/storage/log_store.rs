@@ -64,8 +64,8 @@
 //!   only changes memory: the committed id is written after the records of the next request,
 //!   by the writer thread once the queue has been quiet for 10 ms, or at close. A crash may lose
 //!   the latest one, which only means re-applying less after a restart (openraft allows not
-//!   persisting it at all); a leader restarted in its own term does not build read indexes on
-//!   it (see `service::resumed_leadership`).
+//!   persisting it at all, and a restarted node never resumes a leadership in place: it learns
+//!   the commit index from an election in a new term).
 //! - The vote becomes visible to readers only once it is durable (the writer thread publishes it).
 //! - Vote and log records share the queue, so they are never reordered (an openraft requirement).
 //! - After any I/O error of the writer the store is poisoned: the failing requests and every later

@@ -55,6 +55,33 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
     check_acked(&c, old_leader, &acked).await;
 }
 
+/// A leader killed and restarted at once, before the others' election timeout, does not resume
+/// its leadership in place: leadership is won again by an election in a later term, and the
+/// writes acknowledged before the kill are all there. (Resuming in place would trust the
+/// restarted node's own log, which a machine crash can leave short of acknowledged writes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_stands_for_election_in_a_later_term() {
+    // Elections wait 3-6 s, so the restarted node is back long before anyone else stands.
+    let mut c = Cluster::start(3, &["--election-timeout-ms", "3000"]).await;
+    let old_leader = c.leader().await;
+    let term_of = |v: Option<serde_json::Value>| v.and_then(|v| v["term"].as_u64());
+    let old_term = term_of(c.cluster_view(old_leader).await).expect("the leader's term");
+    let mut acked = BTreeMap::new();
+    for i in 0..20u64 {
+        let key = format!("restart/k{i}");
+        c.put_ok(old_leader, &key, &i.to_string()).await;
+        acked.insert(key, i);
+    }
+    c.kill(old_leader);
+    c.spawn(old_leader, true);
+    c.wait_ready(old_leader).await;
+    let leader = c.leader().await;
+    let term = term_of(c.cluster_view(leader).await).expect("the new leader's term");
+    assert!(term > old_term, "leader {leader} in term {term}; the killed leader {old_leader} led term {old_term}");
+    check_acked(&c, leader, &acked).await;
+    check_acked(&c, old_leader, &acked).await;
+}
+
 /// Every acknowledged key holds its acknowledged value or a later one.
 async fn check_acked(c: &Cluster, node: u64, acked: &BTreeMap<String, u64>) {
     for (key, i) in acked {
