@@ -57,10 +57,14 @@ impl KvState {
     pub fn apply(&mut self, revision: u64, cmd: &Command) -> CommandResult {
         match cmd {
             Command::Put { key, value, content_type, ttl_ms, condition, now_ms } => {
-                let current = self.live(key, *now_ms);
+                // One decoding of the stored record serves the condition, the new record's
+                // revisions and the bookkeeping it takes out of the state.
+                let stored = self.record(key);
+                let current = stored.filter(|r| !r.is_expired(*now_ms));
                 if let Some(failed) = check(*condition, current) {
                     return failed;
                 }
+                let leaving = stored.as_ref().map(Bookkeeping::of);
                 let (created, create_revision, version) = match current {
                     Some(rec) => (false, rec.create_revision, rec.version + 1),
                     None => (true, revision, 1),
@@ -74,7 +78,7 @@ impl KvState {
                     version,
                     expires_at_ms: ttl_ms.map(|ttl| now_ms.saturating_add(ttl)),
                 };
-                self.insert(&record);
+                self.replace(&record, leaving);
                 CommandResult::Put { created, revision, version }
             }
             Command::Delete { key, condition, now_ms } => {
@@ -233,8 +237,20 @@ impl KvState {
         self.insert_slot(Slot::pack(record));
     }
 
+    /// Put `record` in place of the stored record of its key, whose bookkeeping (`leaving`) the
+    /// caller read from it just before.
+    fn replace(&mut self, record: &RecordRef<'_>, leaving: Option<Bookkeeping>) {
+        let entering = Bookkeeping::of(record);
+        match (self.map.replace(Slot::pack(record)), leaving) {
+            (Some(_), Some(leaving)) => self.subtract(leaving),
+            (Some(old), None) => self.forget(&old),
+            (None, _) => {}
+        }
+        self.add(entering);
+    }
+
     fn insert_slot(&mut self, slot: Slot) {
-        let entering = Bookkeeping::of(&slot);
+        let entering = Bookkeeping::of(&slot.view());
         // One search of the map replaces the old record, if any, with the new one.
         if let Some(old) = self.map.replace(slot) {
             self.forget(&old);
@@ -245,7 +261,7 @@ impl KvState {
 
     /// The bookkeeping of a record entering the map.
     fn count(&mut self, slot: &Slot) {
-        self.add(Bookkeeping::of(slot));
+        self.add(Bookkeeping::of(&slot.view()));
     }
 
     fn add(&mut self, entering: Bookkeeping) {
@@ -264,16 +280,19 @@ impl KvState {
 
     /// Undo the bookkeeping of a record that left the map.
     fn forget(&mut self, old: &Slot) {
-        let old = old.view();
-        self.approx_bytes = self.approx_bytes.saturating_sub(old.approx_bytes());
-        self.records_digest.sub(record_hash(&old));
-        if let Some(at) = old.expires_at_ms {
-            self.expiries.remove(&(at, old.key.to_string()));
+        self.subtract(Bookkeeping::of(&old.view()));
+    }
+
+    fn subtract(&mut self, leaving: Bookkeeping) {
+        self.approx_bytes = self.approx_bytes.saturating_sub(leaving.approx_bytes);
+        self.records_digest.sub(leaving.hash);
+        if let Some(expiry) = leaving.expiry {
+            self.expiries.remove(&expiry);
         }
     }
 }
 
-/// What a record adds to the state's derived figures and indexes when it enters the map.
+/// What a record adds to the state's derived figures and indexes while it is in the map.
 struct Bookkeeping {
     approx_bytes: u64,
     hash: u128,
@@ -281,11 +300,10 @@ struct Bookkeeping {
 }
 
 impl Bookkeeping {
-    fn of(slot: &Slot) -> Self {
-        let rec = slot.view();
+    fn of(rec: &RecordRef<'_>) -> Self {
         Bookkeeping {
             approx_bytes: rec.approx_bytes(),
-            hash: record_hash(&rec),
+            hash: record_hash(rec),
             expiry: rec.expires_at_ms.map(|at| (at, rec.key.to_string())),
         }
     }
@@ -464,6 +482,11 @@ mod tests {
         // Same key, a new deadline and a shorter value.
         s.apply(3, &put("p", "s", Condition::None, Some(10), 100));
         assert_eq!(s.expired(110, 10), vec![("p".to_string(), 3)]);
+        // A put over a record whose TTL ran out creates the key anew, and the expired record's
+        // bookkeeping leaves with it.
+        s.apply(6, &put("e", "old", Condition::None, Some(10), 0));
+        let created = s.apply(7, &put("e", "new", Condition::None, None, 100));
+        assert_eq!(created, CommandResult::Put { created: true, revision: 7, version: 1 });
         let rebuilt =
             KvState::from_parts(s.cluster_id().map(String::from), s.iter().map(|r| (r.key.to_string(), r.to_record())));
         assert_eq!(s.approx_bytes(), rebuilt.approx_bytes());
@@ -471,6 +494,7 @@ mod tests {
         assert_eq!(s.expired(u64::MAX, 10), rebuilt.expired(u64::MAX, 10));
         s.apply(4, &Command::Delete { key: "t".into(), condition: Condition::None, now_ms: 0 });
         s.apply(5, &Command::Delete { key: "p".into(), condition: Condition::None, now_ms: 0 });
+        s.apply(8, &Command::Delete { key: "e".into(), condition: Condition::None, now_ms: 0 });
         assert_eq!((s.approx_bytes(), s.expired(u64::MAX, 10)), (0, vec![]));
     }
 

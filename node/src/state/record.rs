@@ -144,7 +144,14 @@ impl Slot {
         &self.0
     }
 
+    /// The key: what every comparison in the ordered index reads, so a key shorter than 128
+    /// bytes (a one-byte length) skips the general varint decoding.
     pub fn key(&self) -> &[u8] {
+        if let Some(&len) = self.0.first()
+            && len < 0x80
+        {
+            return self.0.get(1..1 + usize::from(len)).unwrap_or(&[]);
+        }
         let mut r = Reader(&self.0);
         let len = r.varint().unwrap_or(0);
         r.take(len).unwrap_or(&[])
@@ -280,7 +287,9 @@ mod tests {
             create_revision: u64::MAX,
             ..sample("", b"")
         };
-        for r in [plain, full, sample("ключ", &[0u8; 300])] {
+        let long_key = "k".repeat(200);
+        for r in [plain, full, sample("ключ", &[0u8; 300]), sample(&long_key, b"v"), sample(&long_key[..127], b"")]
+        {
             let slot = Slot::pack(&r);
             assert_eq!(slot.view(), r);
             assert_eq!(slot.key(), r.key.as_bytes());
