@@ -99,7 +99,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FERROKV_ANTI_ENTROPY_REPAIR", default_value_t = true, action = clap::ArgAction::Set)]
     pub anti_entropy_repair: bool,
     /// UNSAFE, tests only: enable `POST /v1/debug/corrupt`, which changes this replica's state
-    /// without replication. Never set it on a cluster that holds data you care about.
+    /// without replication, and `POST /v1/debug/hold-apply`, which stops it applying committed
+    /// entries until released. Never set it on a cluster that holds data you care about.
     #[arg(long, env = "FERROKV_UNSAFE_FAULT_INJECTION", default_value_t = false)]
     pub unsafe_fault_injection: bool,
 }

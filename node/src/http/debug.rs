@@ -31,3 +31,22 @@ pub async fn corrupt(
     let digest = core.sm.read(|sm| sm.kv.digest());
     Ok(Json(json!({ "key": req.key, "digest": digest.to_string() })))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldApply {
+    held: bool,
+}
+
+/// Hold (or release) applying on this replica only: committed entries stay unapplied here, as
+/// on a replica that lags behind, until released.
+pub async fn hold_apply(
+    State(state): State<AppState>,
+    body: Result<Json<HoldApply>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let req = super::cluster::json_body(body)?;
+    let core = state.core()?;
+    tracing::warn!(held = req.held, "fault injection: holding applying on this replica");
+    let applied = core.sm.hold_apply(req.held);
+    Ok(Json(json!({ "held": req.held, "applied_index": applied })))
+}

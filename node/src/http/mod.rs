@@ -35,7 +35,9 @@ fn router(service: Arc<Service>, gate: gate::GateLayer) -> Router {
     let body_limit = service.cfg.max_value_bytes;
     let mut router = Router::new();
     if service.cfg.unsafe_fault_injection {
-        router = router.route("/v1/debug/corrupt", post(debug::corrupt).fallback(error::method_not_allowed));
+        router = router
+            .route("/v1/debug/corrupt", post(debug::corrupt).fallback(error::method_not_allowed))
+            .route("/v1/debug/hold-apply", post(debug::hold_apply).fallback(error::method_not_allowed));
     }
     router
         .route("/v1/kv", get(kv::list).fallback(error::method_not_allowed))

@@ -72,6 +72,8 @@ struct Inner {
     /// it is written, sent and loaded a piece at a time (see `snapshot_file`).
     dir: PathBuf,
     counters: SmCounters,
+    /// While true, applying waits (fault injection: a replica that lags behind in applying).
+    apply_held: tokio::sync::watch::Sender<bool>,
 }
 
 /// Cheap to clone; all clones share one state.
@@ -97,7 +99,12 @@ impl StateMachineStore {
             tracing::info!(last_log_id = ?meta.last_log_id, keys = data.kv.len(), "restored snapshot");
         }
         Ok(StateMachineStore {
-            inner: Arc::new(Inner { data: RwLock::new(data), dir, counters: SmCounters::default() }),
+            inner: Arc::new(Inner {
+                data: RwLock::new(data),
+                dir,
+                counters: SmCounters::default(),
+                apply_held: tokio::sync::watch::Sender::new(false),
+            }),
         })
     }
 
@@ -116,6 +123,23 @@ impl StateMachineStore {
     /// Overwrite a key on this replica only (fault injection; see `--unsafe-fault-injection`).
     pub fn overwrite_locally(&self, key: &str, value: bytes::Bytes) {
         self.write_guard().kv.overwrite_locally(key, value);
+    }
+
+    /// Hold (or release) applying on this replica only (fault injection; see
+    /// `--unsafe-fault-injection`): committed entries wait, unapplied, until released, as on a
+    /// replica that lags behind. Returns this replica's applied index.
+    pub fn hold_apply(&self, held: bool) -> u64 {
+        self.inner.apply_held.send_replace(held);
+        self.read(SmData::applied_index)
+    }
+
+    /// Wait while applying is held.
+    async fn apply_released(&self) {
+        if *self.inner.apply_held.borrow() {
+            let mut held = self.inner.apply_held.subscribe();
+            // The sender lives as long as this store: the wait ends only on a release.
+            let _ = held.wait_for(|held| !held).await;
+        }
     }
 
     /// Replace the key-value state with `state`, which must be the state at log index `at_index`
@@ -197,6 +221,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     where
         S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
     {
+        self.apply_released().await;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let index = entry.log_id.index;

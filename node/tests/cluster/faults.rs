@@ -1,12 +1,15 @@
 //! Node loss: kill -9 of the leader with writers running, loss of quorum, SIGTERM hand-off,
-//! followers restarting in turn under linearizable reads.
+//! followers restarting in turn under linearizable reads, a follower lagging behind in applying.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::harness::Cluster;
+use crate::harness::eventually;
 use crate::harness::expect_error;
 use crate::harness::expect_error_one_of;
 
@@ -177,4 +180,45 @@ async fn linearizable_reads_go_on_while_followers_restart_in_turn() {
         c.wait_ready(other).await;
     }
     assert_eq!(c.leader().await, l, "leadership moved:\n{}", c.node_log(l));
+}
+
+/// Hold (or release) applying on node `id` (the unsafe fault-injection hook).
+async fn hold_apply(c: &Cluster, id: u64, held: bool) {
+    let resp = c.http.post(c.url(id, "/v1/debug/hold-apply")).json(&json!({ "held": held })).send();
+    assert_eq!(resp.await.expect("hold-apply").status(), 200);
+}
+
+async fn forwarded_reads(c: &Cluster, id: u64) -> f64 {
+    c.metric(id, "ferrokv_forwarded_requests_total", Some(("kind", "read"))).await.unwrap_or(0.0)
+}
+
+/// A follower that lags behind in applying cannot reach the leader's read index in time: it
+/// forwards the linearizable read whole to the leader, whose answer holds the latest
+/// acknowledged write. Caught up again, it serves such reads from its own state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_forwards_linearizable_reads_to_the_leader() {
+    let c = Cluster::start(3, &["--unsafe-fault-injection"]).await;
+    let leader = c.leader().await;
+    let f = c.follower().await;
+    c.put_ok(leader, "lag", "v1").await;
+    eventually("the follower applies v1", Duration::from_secs(10), || async {
+        (c.value(f, "lag", "stale").await.as_deref() == Some("v1")).then_some(())
+    })
+    .await;
+
+    hold_apply(&c, f, true).await;
+    c.put_ok(leader, "lag", "v2").await;
+    let before = forwarded_reads(&c, f).await;
+    assert_eq!(c.value(f, "lag", "linearizable").await.as_deref(), Some("v2"), "the latest acknowledged value");
+    assert_eq!(c.value(f, "lag", "stale").await.as_deref(), Some("v1"), "the follower itself has not applied v2");
+    assert_eq!(forwarded_reads(&c, f).await - before, 1.0, "the read was forwarded to the leader");
+
+    hold_apply(&c, f, false).await;
+    eventually("the follower catches up", Duration::from_secs(10), || async {
+        (c.value(f, "lag", "stale").await.as_deref() == Some("v2")).then_some(())
+    })
+    .await;
+    let before = forwarded_reads(&c, f).await;
+    assert_eq!(c.value(f, "lag", "linearizable").await.as_deref(), Some("v2"));
+    assert_eq!(forwarded_reads(&c, f).await, before, "served from the follower's own state again");
 }
