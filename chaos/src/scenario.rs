@@ -58,12 +58,15 @@ pub enum Scenario {
     RestartWiped,
     /// Change a follower's state behind Raft's back; anti-entropy must repair it.
     Corrupt,
+    /// A follower stops applying committed entries for the hold, then catches up: its
+    /// linearizable reads must go to the leader meanwhile.
+    LaggingFollower,
     /// Delay and loss everywhere, then kill the leader, then isolate the next leader.
     Combined,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::KillLeader,
         Scenario::KillFollower,
         Scenario::KillMajority,
@@ -77,6 +80,7 @@ impl Scenario {
         Scenario::RestartIntact,
         Scenario::RestartWiped,
         Scenario::Corrupt,
+        Scenario::LaggingFollower,
         Scenario::Combined,
     ];
 
@@ -145,6 +149,8 @@ struct Injected {
     paused: Vec<usize>,
     network: bool,
     corrupted: Option<usize>,
+    /// A node whose applying is held.
+    held: Option<usize>,
     notes: Vec<String>,
 }
 
@@ -154,7 +160,7 @@ pub async fn run(s: Scenario, cfg: &RunConfig) -> Result<ScenarioReport> {
         .chain(["--snapshot-every", "300"])
         .map(String::from)
         .collect();
-    if s == Scenario::Corrupt {
+    if matches!(s, Scenario::Corrupt | Scenario::LaggingFollower) {
         extra.push("--unsafe-fault-injection".into());
     }
     if let Some(n) = cfg.worker_threads {
@@ -180,7 +186,7 @@ pub async fn run(s: Scenario, cfg: &RunConfig) -> Result<ScenarioReport> {
     // Timed from the moment the fault is in place (the last step of a combined fault).
     let fault_at = Instant::now();
     tokio::time::sleep(cfg.hold).await;
-    heal(&mut cluster, &mut injected)?;
+    heal(&mut cluster, &mut injected).await?;
     let healed_at = Instant::now();
     // Converging is timed from the heal, with the clients still running.
     let converging = {
@@ -213,6 +219,9 @@ pub async fn run(s: Scenario, cfg: &RunConfig) -> Result<ScenarioReport> {
     };
     if s == Scenario::Corrupt {
         check_repaired(&cluster, &injected, &mut violations).await;
+    }
+    if s == Scenario::LaggingFollower {
+        check_forwarded_reads(&cluster, &injected, &mut violations).await;
     }
     // Final reads: every acknowledged write must still be there (or be overwritten by a later one).
     let mut finals = Client::new(cfg.clients as u64 + 1, cluster.http.clone(), urls.clone(), wl, rec.clone());
@@ -360,6 +369,12 @@ async fn inject(s: Scenario, c: &mut Cluster, rng: &mut Rng, hold: Duration) -> 
             inj.notes.push(format!("overwrite a key on follower n{victim} behind Raft's back"));
             inj.corrupted = Some(victim);
         }
+        Scenario::LaggingFollower => {
+            let victim = others[rng.below(others.len() as u64) as usize];
+            hold_apply(c, victim, true).await?;
+            inj.notes.push(format!("hold applying on follower n{victim}"));
+            inj.held = Some(victim);
+        }
         Scenario::Combined => {
             c.set_delay(Duration::from_millis(30), Duration::from_millis(20));
             loss(c, &mut inj, 5)?;
@@ -373,6 +388,14 @@ async fn inject(s: Scenario, c: &mut Cluster, rng: &mut Rng, hold: Duration) -> 
         }
     }
     Ok(inj)
+}
+
+/// Hold (or release) applying on node `i` (the unsafe fault-injection hook).
+async fn hold_apply(c: &Cluster, i: usize, held: bool) -> Result<()> {
+    let resp = c.http.post(c.http_url(i, "/v1/debug/hold-apply")).json(&serde_json::json!({ "held": held })).send();
+    let status = resp.await?.status();
+    anyhow::ensure!(status.is_success(), "fault hook refused: {status}");
+    Ok(())
 }
 
 fn kill(c: &mut Cluster, inj: &mut Injected, i: usize, what: &str) {
@@ -406,7 +429,10 @@ fn partition(c: &mut Cluster, inj: &mut Injected, sides: &[Vec<usize>], bridges:
     Ok(())
 }
 
-fn heal(c: &mut Cluster, inj: &mut Injected) -> Result<()> {
+async fn heal(c: &mut Cluster, inj: &mut Injected) -> Result<()> {
+    if let Some(i) = inj.held {
+        hold_apply(c, i, false).await?;
+    }
     for &i in &inj.paused {
         c.pause(i, false);
     }
@@ -464,18 +490,38 @@ async fn majority_leader(http: &reqwest::Client, urls: &[String]) -> Option<usiz
 /// The corrupted follower must have been repaired by anti-entropy (its repair counter moved).
 async fn check_repaired(c: &Cluster, inj: &Injected, violations: &mut Vec<String>) {
     let Some(victim) = inj.corrupted else { return };
-    let metrics = match c.http.get(c.http_url(victim, "/metrics")).send().await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(e) => return violations.push(format!("metrics of n{victim}: {e}")),
-    };
-    let repaired = metrics
-        .lines()
-        .filter(|l| l.starts_with("ferrokv_replica_repairs_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>();
-    if repaired < 1.0 {
-        violations.push(format!("corrupted replica n{victim} was not repaired"));
+    match counter_sum(c, victim, "ferrokv_replica_repairs_total").await {
+        Ok(repaired) if repaired < 1.0 => violations.push(format!("corrupted replica n{victim} was not repaired")),
+        Ok(_) => {}
+        Err(e) => violations.push(e),
     }
+}
+
+/// The lagging follower must have forwarded linearizable reads to the leader: otherwise the
+/// run did not exercise what the scenario is for.
+async fn check_forwarded_reads(c: &Cluster, inj: &Injected, violations: &mut Vec<String>) {
+    let Some(victim) = inj.held else { return };
+    let series = "ferrokv_forwarded_requests_total{group=\"0\",kind=\"read\"}";
+    match counter_sum(c, victim, series).await {
+        Ok(forwarded) if forwarded < 1.0 => {
+            violations.push(format!("lagging follower n{victim} forwarded no linearizable read"))
+        }
+        Ok(_) => {}
+        Err(e) => violations.push(e),
+    }
+}
+
+/// The sum of the samples of node `i` whose line starts with `series`.
+async fn counter_sum(c: &Cluster, i: usize, series: &str) -> Result<f64, String> {
+    let metrics = match c.http.get(c.http_url(i, "/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => return Err(format!("metrics of n{i}: {e}")),
+    };
+    Ok(metrics
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>())
 }
 
 /// Poll every node's view while the run lasts: (term → leader node ids) as nodes saw them.

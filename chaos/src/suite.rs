@@ -50,6 +50,7 @@ impl Plan {
                 KillMajority,
                 RestartWiped,
                 Corrupt,
+                LaggingFollower,
                 Combined,
             ],
             clients: 6,
