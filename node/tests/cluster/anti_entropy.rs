@@ -90,6 +90,10 @@ async fn the_fault_hook_is_off_by_default() {
     let c = Cluster::start(1, &[]).await;
     let resp = c.http.post(c.url(1, "/v1/debug/corrupt")).json(&json!({"key": "k", "value": "v"})).send().await;
     assert_eq!(resp.unwrap().status(), 404);
+    let resp = c.http.post(c.url(1, "/v1/debug/hold-apply")).json(&json!({"held": true})).send().await;
+    assert_eq!(resp.unwrap().status(), 404);
+    c.put_ok(1, "k", "v").await;
+    assert_eq!(c.value(1, "k", "stale").await.as_deref(), Some("v"), "applying goes on");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -200,6 +200,9 @@ async fn a_lagging_follower_forwards_linearizable_reads_to_the_leader() {
     let c = Cluster::start(3, &["--unsafe-fault-injection"]).await;
     let leader = c.leader().await;
     let f = c.follower().await;
+    // A body that is not `{"held": <bool>}` is refused, and applying goes on.
+    let bad = c.http.post(c.url(f, "/v1/debug/hold-apply")).json(&json!({ "held": "yes" })).send().await;
+    expect_error(bad.expect("hold-apply"), 400, "invalid_json").await;
     c.put_ok(leader, "lag", "v1").await;
     eventually("the follower applies v1", Duration::from_secs(10), || async {
         (c.value(f, "lag", "stale").await.as_deref() == Some("v1")).then_some(())
