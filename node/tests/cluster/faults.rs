@@ -85,6 +85,71 @@ async fn a_restarted_leader_stands_for_election_in_a_later_term() {
     check_acked(&c, old_leader, &acked).await;
 }
 
+/// A machine crash can take the tail of the leader's log with it (entries written but not yet
+/// synced there) while both followers hold those entries and the writes were acknowledged. The
+/// leader restarted at once with the shorter log must not lead the same term again: it would
+/// write new entries at indexes the followers already hold in that term, which they take for
+/// theirs. Modelled by cutting the last entries off the killed leader's WAL, entries every
+/// replica had applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_lost_its_log_tail_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3, &["--election-timeout-ms", "3000"]).await;
+    let old_leader = c.leader().await;
+    let mut acked = BTreeMap::new();
+    for i in 0..20u64 {
+        let key = format!("tail/k{i}");
+        c.put_ok(old_leader, &key, &i.to_string()).await;
+        acked.insert(key, i);
+    }
+    let applied = c.applied(old_leader).await.expect("the leader's applied index");
+    for id in c.alive() {
+        eventually("every replica applies every write", Duration::from_secs(10), || async {
+            (c.applied(id).await? >= applied).then_some(())
+        })
+        .await;
+    }
+    c.kill(old_leader);
+    let cut = cut_log_entries(&c.nodes[&old_leader].dir.join("raft").join("raft.wal"), 5);
+    assert_eq!(cut, 5, "entries cut off the WAL");
+    c.spawn(old_leader, true);
+    c.wait_ready(old_leader).await;
+    // New writes through the restarted node, then every write on every replica.
+    for i in 20..30u64 {
+        let key = format!("tail/k{i}");
+        c.put_ok(old_leader, &key, &i.to_string()).await;
+        acked.insert(key, i);
+    }
+    for id in c.alive() {
+        check_acked(&c, id, &acked).await;
+    }
+    let resp = c.http.post(c.url(old_leader, "/v1/cluster/verify")).send().await.expect("verify");
+    let report: serde_json::Value = resp.json().await.expect("verify report");
+    assert_eq!(report["consistent"], true, "replicas differ: {report}");
+}
+
+/// Cut the WAL file at `path` just before its `n`-th last log entry record (WAL format:
+/// `[u32 LE len][u32 LE crc][payload]`, payload = version byte, then the record, whose first byte
+/// is 0 for an entry), as if those records had never reached the disk. Returns the entries cut.
+fn cut_log_entries(path: &std::path::Path, n: usize) -> usize {
+    let data = std::fs::read(path).expect("read the WAL");
+    let mut entry_starts = Vec::new();
+    let mut pos = 0usize;
+    while pos + 8 <= data.len() {
+        let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || pos + 8 + len > data.len() {
+            break;
+        }
+        if data.get(pos + 9) == Some(&0) {
+            entry_starts.push(pos);
+        }
+        pos += 8 + len;
+    }
+    let Some(&at) = entry_starts.iter().rev().nth(n - 1) else { return 0 };
+    let file = std::fs::OpenOptions::new().write(true).open(path).expect("open the WAL");
+    file.set_len(at as u64).expect("cut the WAL");
+    entry_starts.len() - entry_starts.iter().position(|&p| p == at).unwrap_or(entry_starts.len())
+}
+
 /// Every acknowledged key holds its acknowledged value or a later one.
 async fn check_acked(c: &Cluster, node: u64, acked: &BTreeMap<String, u64>) {
     for (key, i) in acked {
