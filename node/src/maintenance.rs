@@ -13,6 +13,7 @@ use std::time::Duration;
 use ferrokv_proto::StatusRequest;
 use openraft::ChangeMembers;
 use openraft::async_runtime::WatchReceiver as _;
+use openraft::vote::RaftLeaderId as _;
 use tokio::runtime::RuntimeFlavor;
 use tokio::sync::watch;
 
@@ -67,14 +68,18 @@ pub async fn run(service: Arc<Service>, mut stop: watch::Receiver<bool>) {
 /// single thread: a follower then syncs its log on that thread and answers the leader without
 /// waking the WAL thread and being woken by it. A leader keeps its thread for the clients and
 /// the replication that runs while its own log is synced.
+///
+/// It watches the server metrics (vote, role, leader, membership), which change only when the
+/// role may have: the full metrics change with every write, and waking this task for each of
+/// them was a measurable share of a write's work.
 async fn follow_role(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let one_thread = tokio::runtime::Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread;
-    let mut rx = core.raft.metrics();
+    let mut rx = core.raft.server_metrics();
     let mut logged_term = None;
     loop {
         let (term, leads) = {
             let m = rx.borrow_watched();
-            (m.current_term, m.current_leader == Some(core.raft_id) && m.state.is_leader())
+            (m.vote.leader_id().term(), m.current_leader == Some(core.raft_id) && m.state.is_leader())
         };
         core.log.set_caller_writes(one_thread && !leads);
         if leads && logged_term != Some(term) {
