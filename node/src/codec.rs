@@ -21,7 +21,14 @@ pub enum CodecError {
 }
 
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![FORMAT_VERSION];
+    encode_sized(value, 0)
+}
+
+/// [`encode`] into a buffer made for about `len_hint` bytes: one allocation where growing an
+/// empty one would take a copy for every doubling.
+pub fn encode_sized<T: Serialize + ?Sized>(value: &T, len_hint: usize) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(1 + len_hint);
+    out.push(FORMAT_VERSION);
     postcard::to_io(value, &mut out).map_err(CodecError::Encode)?;
     Ok(out)
 }

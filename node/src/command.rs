@@ -57,6 +57,21 @@ impl Command {
         }
     }
 
+    /// About how many bytes the command takes encoded (at least as many, give or take a few
+    /// varint bytes): lets an encoder size its buffer once instead of growing it field by field.
+    pub fn encoded_len_hint(&self) -> usize {
+        const FIXED: usize = 32; // tags, lengths, revisions, timestamps
+        match self {
+            Command::Put { key, value, content_type, .. } => {
+                FIXED + key.len() + value.len() + content_type.as_ref().map_or(0, String::len)
+            }
+            Command::Delete { key, .. } => FIXED + key.len(),
+            Command::Expire { keys } => FIXED + keys.iter().map(|(k, _)| k.len() + 16).sum::<usize>(),
+            Command::SetClusterId { id } => FIXED + id.len(),
+            Command::Noop | Command::Checkpoint => FIXED,
+        }
+    }
+
     /// A short name for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -45,6 +45,7 @@ use crate::types::Snapshot;
 use crate::types::SnapshotData;
 use crate::types::TypeConfig;
 use crate::types::Vote;
+use crate::types::entry_len_hint;
 
 /// Snapshot data is streamed in chunks of this size.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
@@ -250,7 +251,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 window.sent();
                 // Encoding these structs cannot fail; if it ever did, the empty payload is refused
                 // by the peer, the stream ends with an error and openraft restarts replication.
-                let payload = Bytes::from(codec::encode(&rpc).unwrap_or_default());
+                let len_hint = 64 + rpc.entries.iter().map(entry_len_hint).sum::<usize>();
+                let payload = Bytes::from(codec::encode_sized(&rpc, len_hint).unwrap_or_default());
                 Some((RaftRequest { group_id, target, payload }, (input, window)))
             });
             let opened = tokio::time::timeout(option.soft_ttl(), client.stream_append(Box::pin(requests))).await;
