@@ -57,8 +57,8 @@ QUICK=0
 SPREAD=0
 ARGS_ORIG="$*"
 
-die() { echo "compare.sh: $*" >&2; exit 1; }
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -96,12 +96,7 @@ ensure_tools() {
   command -v jq >/dev/null || missing+=(jq)
   command -v curl >/dev/null || missing+=(curl)
   [[ -x /usr/bin/time ]] || missing+=(time)
-  if [[ ${#missing[@]} -gt 0 ]]; then
-    [[ $INSTALL == 1 ]] || die "missing: ${missing[*]} (run without --no-install, as root)"
-    log "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get -y -qq --no-install-recommends install "${missing[@]}" >/dev/null
-  fi
+  install_missing "$INSTALL" "${missing[@]}"
   command -v python3 >/dev/null || die "python3 is needed for bench/kvtool.py"
   # Debian's postinst may have started system instances (when systemd runs):
   # stop them so they use no CPU during the measurements. Ours use other ports.
@@ -114,16 +109,6 @@ ensure_tools() {
       fi
     done
   fi
-}
-
-find_ferrokv() {
-  if [[ -z $FERROKV ]]; then
-    for c in "${CARGO_TARGET_DIR:-$ROOT/target}/release/ferrokv" "$ROOT/target/release/ferrokv"; do
-      [[ -x $c ]] && { FERROKV=$c; break; }
-    done
-  fi
-  [[ -n $FERROKV && -x $FERROKV ]] ||
-    die "no ferrokv binary: build with 'cargo build --release -p ferrokv-node --bin ferrokv' or pass --ferrokv"
 }
 
 # ------------------------------------------------------------------ processes

@@ -36,8 +36,8 @@ WORKERS=${FERROKV_WORKER_THREADS:-$(($(nproc) / 3 > 0 ? $(nproc) / 3 : 1))}
 HTTP=(18281 18282 18283)
 GRPC=(19281 19282 19283)
 
-die() { echo "flamegraph.sh: $*" >&2; exit 1; }
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -59,22 +59,13 @@ done
 [[ $FSYNC == always || $FSYNC == never ]] || die "--fsync must be always or never"
 OUT=${OUT:-$ROOT/docs/img/flame-$WORKLOAD-leader.svg}
 
-if [[ -z $FERROKV ]]; then
-  for c in "${CARGO_TARGET_DIR:-$ROOT/target}/release/ferrokv" "$ROOT/target/release/ferrokv"; do
-    [[ -x $c ]] && { FERROKV=$c; break; }
-  done
-fi
-[[ -n $FERROKV && -x $FERROKV ]] || die "no ferrokv binary: cargo build --release, or pass --ferrokv"
+find_ferrokv
 
 missing=()
 command -v perf >/dev/null || missing+=(linux-perf)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v jq >/dev/null || missing+=(jq)
-if ((${#missing[@]})); then
-  ((INSTALL)) || die "missing: ${missing[*]}"
-  log "installing ${missing[*]}"
-  apt-get install -y -q "${missing[@]}" >/dev/null
-fi
+install_missing "$INSTALL" "${missing[@]}"
 INFERNO=${CARGO_HOME:-$HOME/.cargo}/bin
 if ! command -v inferno-flamegraph >/dev/null && [[ ! -x $INFERNO/inferno-flamegraph ]]; then
   ((INSTALL)) || die "missing: inferno (cargo install inferno)"

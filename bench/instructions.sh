@@ -33,8 +33,8 @@ BINS=()
 HTTP=(18381 18382 18383)
 GRPC=(19381 19382 19383)
 
-die() { echo "instructions.sh: $*" >&2; exit 1; }
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -52,21 +52,16 @@ done
 [[ $CLIENTS =~ ^[0-9]+$ && $CLIENTS -ge 1 ]] || die "--clients must be >= 1"
 [[ $OPS =~ ^[0-9]+$ && $OPS -ge 100 ]] || die "--ops must be >= 100"
 if ((${#BINS[@]} == 0)); then
-  for c in "${CARGO_TARGET_DIR:-$ROOT/target}/release/ferrokv" "$ROOT/target/release/ferrokv"; do
-    [[ -x $c ]] && { BINS=("$c"); break; }
-  done
+  FERROKV=""
+  find_ferrokv
+  BINS=("$FERROKV")
 fi
-((${#BINS[@]})) || die "no ferrokv binary: cargo build --release, or name one"
 for b in "${BINS[@]}"; do [[ -x $b ]] || die "not an executable: $b"; done
 
 missing=()
 command -v callgrind_control >/dev/null || missing+=(valgrind)
 command -v jq >/dev/null || missing+=(jq)
-if ((${#missing[@]})); then
-  ((INSTALL)) || die "missing: ${missing[*]}"
-  log "installing ${missing[*]}"
-  apt-get install -y -q "${missing[@]}" >/dev/null
-fi
+install_missing "$INSTALL" "${missing[@]}"
 
 BASE=$(mktemp -d "${TMPDIR:-/var/tmp}/ferrokv-instr.XXXXXX")
 PIDS=()

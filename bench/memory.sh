@@ -33,8 +33,8 @@ ARGS_ORIG="$*"
 HTTP=18181
 GRPC=19181
 
-die() { echo "memory.sh: $*" >&2; exit 1; }
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -53,12 +53,7 @@ done
 command -v jq >/dev/null || die "jq is needed"
 command -v curl >/dev/null || die "curl is needed"
 
-if [[ -z $FERROKV ]]; then
-  for c in "${CARGO_TARGET_DIR:-$ROOT/target}/release/ferrokv" "$ROOT/target/release/ferrokv"; do
-    [[ -x $c ]] && { FERROKV=$c; break; }
-  done
-fi
-[[ -n $FERROKV && -x $FERROKV ]] || die "no ferrokv binary: build it or pass --ferrokv"
+find_ferrokv
 
 PID=""
 BASE=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/ferrokv-memory.XXXXXX")

@@ -57,8 +57,8 @@ impl Command {
         }
     }
 
-    /// About how many bytes the command takes encoded (at least as many, give or take a few
-    /// varint bytes): lets an encoder size its buffer once instead of growing it field by field.
+    /// An upper estimate of the bytes the command takes encoded: lets an encoder size its
+    /// buffer once instead of growing it field by field.
     pub fn encoded_len_hint(&self) -> usize {
         const FIXED: usize = 32; // tags, lengths, revisions, timestamps
         match self {
