@@ -9,7 +9,9 @@
       Aggregate the runs (median and min-max over repeats), write PATH.json and
       PATH.csv, and replace the generated sections of FILE (markdown) between
       <!-- compare:begin --> / <!-- compare:end --> and
-      <!-- crosscheck:begin --> / <!-- crosscheck:end -->.
+      <!-- crosscheck:begin --> / <!-- crosscheck:end -->; the compare section opens
+      with a throughput chart written to img/compare-throughput.svg beside FILE
+      (bench/chart.py).
 """
 
 import argparse
@@ -17,10 +19,16 @@ import base64
 import csv
 import http.client
 import json
+import os
 import statistics
 import sys
 import threading
 import urllib.parse
+
+import chart
+
+# The throughput chart's file name, under the document's img/ directory.
+CHART = "compare-throughput.svg"
 
 # ----------------------------------------------------------------------------- fill
 
@@ -309,6 +317,14 @@ def report(args):
                 text = f.read()
         except FileNotFoundError:
             text = "# Benchmarks\n"
+        # The chart sits beside the document (img/), named in the section it illustrates.
+        svg = chart.render({"meta": meta, "summary": list(agg.values())})
+        if svg is not None:
+            img = os.path.join(os.path.dirname(os.path.abspath(args.doc)), "img", CHART)
+            os.makedirs(os.path.dirname(img), exist_ok=True)
+            with open(img, "w") as f:
+                f.write(svg)
+            compare = "![Throughput of ferrokv, etcd and Redis in this run](img/%s)\n\n%s" % (CHART, compare)
         text = replace_section(text, "compare", compare)
         if cross:
             text = replace_section(text, "crosscheck", cross)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, every unit, multi-node and fault-injection test, then
-# the monitoring checks and the container test.
+# The test command: formatting, lints, every unit, multi-node and fault-injection test, the
+# benchmark scripts' Python helpers, then the monitoring checks and the container test.
 # Honours CARGO_TARGET_DIR (a warm build directory makes this much faster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,9 @@ else
   echo "(cargo-nextest not found: using cargo test)"
   cargo test --release --workspace --locked --no-fail-fast
 fi
+
+echo "== bench tools: unit tests of the comparison's Python helpers"
+python3 -m unittest discover -s bench -p 'test_*.py'
 
 # The binary the tests above built: the scripts below reuse it instead of building again.
 export FERROKV_BIN="${FERROKV_BIN:-$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/ferrokv}"
