@@ -174,6 +174,7 @@ start_ferrokv() {
       --data-dir "$BASE/ferrokv-$((i + 1))" --initial-members "$members" \
       --fsync "$fsync" --worker-threads "$FK_WORKERS" >"$BASE/ferrokv-$((i + 1)).log" 2>&1 &
     PIDS+=($!)
+    FK_PIDS+=($!)
   done
   for p in "${FK_HTTP[@]}"; do
     wait_until 60 "ferrokv on :$p to be ready" curl -sf -m 1 "http://127.0.0.1:$p/readyz"
@@ -205,6 +206,7 @@ start_etcd() {
       --logger zap --log-outputs stderr --log-level warn \
       >"$BASE/etcd-$n.log" 2>&1 &
     PIDS+=($!)
+    ETCD_PIDS+=($!)
   done
   for p in "${ETCD_CLIENT[@]}"; do
     wait_until 60 "etcd on :$p to be healthy" etcd_healthy "$p"
@@ -228,6 +230,7 @@ start_redis() {
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
     --dir "$BASE/redis" --daemonize no --protected-mode yes >"$BASE/redis.log" 2>&1 &
   PIDS+=($!)
+  REDIS_PIDS+=($!)
   wait_until 30 "redis" redis-cli -p "$REDIS_PORT" ping
   log "redis ready on :$REDIS_PORT"
 }
@@ -235,6 +238,35 @@ start_redis() {
 # ------------------------------------------------------------------ runs
 
 RUNS=""   # JSONL file with one object per measured run
+
+# The server processes of each system, whose CPU time a run charges to its operations.
+FK_PIDS=()
+ETCD_PIDS=()
+REDIS_PIDS=()
+CLK_TCK=$(getconf CLK_TCK)
+
+# server_ticks SYSTEM: user + system CPU ticks used so far by the servers that SYSTEM's
+# runs load (the cross-check's generators load ferrokv).
+server_ticks() {
+  local pids=()
+  case "$1" in
+    etcd) pids=("${ETCD_PIDS[@]}") ;;
+    redis) pids=("${REDIS_PIDS[@]}") ;;
+    *) pids=("${FK_PIDS[@]}") ;;
+  esac
+  # Fields 14 and 15 of /proc/<pid>/stat; the command name (field 2) has no spaces here.
+  local p t=0 f
+  for p in "${pids[@]}"; do
+    read -r -a f <"/proc/$p/stat" || die "server process $p of $1 is gone"
+    t=$((t + f[13] + f[14]))
+  done
+  echo "$t"
+}
+
+# server_cpu_s SYSTEM TICKS-BEFORE: CPU seconds the servers used since TICKS-BEFORE.
+server_cpu_s() {
+  awk -v a="$2" -v b="$(server_ticks "$1")" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", (b - a) / hz }'
+}
 
 # run_wrk KIND SYSTEM URL OP CONC REPEAT [TOOL-LABEL]
 run_wrk() {
@@ -245,23 +277,26 @@ run_wrk() {
       timeout $((WARMUP + 30)) wrk -t "$threads" -c "$conc" -d "${WARMUP}s" --timeout 10s \
       -s "$ROOT/bench/wrk/kv.lua" "$url" >/dev/null 2>&1 || true
   fi
+  local t0
+  t0=$(server_ticks "$system")
   KV_SYSTEM=$system KV_OP=$op KV_KEYS=$KEYS KV_VALUE_SIZE=$VALUE_SIZE \
     timeout $((DURATION + 30)) /usr/bin/time -f '%U %S' -o "$tf" \
     wrk -t "$threads" -c "$conc" -d "${DURATION}s" --timeout 10s \
     -s "$ROOT/bench/wrk/kv.lua" "$url" >"$out" 2>&1 || die "wrk failed: $(tail -n 3 "$out")"
-  local j cpu
+  local j cpu scpu
+  scpu=$(server_cpu_s "$system" "$t0")
   j=$(sed -n 's/^WRKJSON //p' "$out")
   [[ -n $j ]] || die "no WRKJSON in wrk output: $(tail -n 3 "$out")"
   cpu=$(awk '{print $1 + $2}' "$tf")
   jq -c --arg kind "$kind" --arg system "$system" --arg wl "$op" --argjson c "$conc" \
-    --argjson rep "$rep" --arg tool "$label" --argjson cpu "$cpu" '
+    --argjson rep "$rep" --arg tool "$label" --argjson cpu "$cpu" --argjson scpu "$scpu" '
     {kind: $kind, system: $system, workload: $wl, concurrency: $c, repeat: $rep, tool: $tool,
      requests: .requests, elapsed_s: (.duration_us / 1e6),
      ops_per_sec: (.requests / (.duration_us / 1e6)),
      p50_us: .latency_us.p50, p90_us: .latency_us.p90, p99_us: .latency_us.p99,
      max_us: .latency_us.max,
      errors: (.errors.connect + .errors.read + .errors.write + .errors.status + .errors.timeout),
-     error_detail: .errors, generator_cpu_s: $cpu}' <<<"$j" | tee -a "$RUNS" | summarize
+     error_detail: .errors, generator_cpu_s: $cpu, server_cpu_s: $scpu}' <<<"$j" | tee -a "$RUNS" | summarize
 }
 
 # run_wrk_spread SYSTEM OP CONC REPEAT URL...: one wrk per URL at once, CONC
@@ -270,7 +305,8 @@ run_wrk_spread() {
   local system=$1 op=$2 conc=$3 rep=$4
   shift 4
   local urls=("$@") n=$# pids=() i
-  local outs=() tfs=()
+  local outs=() tfs=() t0
+  t0=$(server_ticks "$system")
   for i in "${!urls[@]}"; do
     local ci=$((conc / n + (i < conc % n ? 1 : 0)))
     [[ $ci -gt 0 ]] || continue
@@ -290,10 +326,13 @@ run_wrk_spread() {
     pids+=($!)
   done
   for i in "${pids[@]}"; do wait "$i" || die "wrk failed: $(tail -n 3 "${outs[0]}")"; done
-  local cpu
+  local cpu scpu
+  # Includes the warm-ups, which run inside each member's subshell: per operation it is an
+  # upper estimate (the warm-up's operations are not counted).
+  scpu=$(server_cpu_s "$system" "$t0")
   cpu=$(cat "${tfs[@]}" | awk '{s += $1 + $2} END {print s}')
   sed -n 's/^WRKJSON //p' "${outs[@]}" | jq -sc --arg system "$system" --arg wl "$op" --argjson c "$conc" \
-    --argjson rep "$rep" --argjson cpu "$cpu" --argjson members "${#outs[@]}" '
+    --argjson rep "$rep" --argjson cpu "$cpu" --argjson scpu "$scpu" --argjson members "${#outs[@]}" '
     if length != $members then error("a wrk printed no WRKJSON") else . end |
     {kind: "compare", system: $system, workload: $wl, concurrency: $c, repeat: $rep,
      tool: "wrk x \($members)", requests: (map(.requests) | add),
@@ -302,12 +341,13 @@ run_wrk_spread() {
      p50_us: (map(.latency_us.p50) | max), p90_us: (map(.latency_us.p90) | max),
      p99_us: (map(.latency_us.p99) | max), max_us: (map(.latency_us.max) | max),
      errors: (map(.errors.connect + .errors.read + .errors.write + .errors.status + .errors.timeout) | add),
-     error_detail: map(.errors), generator_cpu_s: $cpu}' | tee -a "$RUNS" | summarize
+     error_detail: map(.errors), generator_cpu_s: $cpu, server_cpu_s_with_warmup: $scpu}' | tee -a "$RUNS" | summarize
 }
 
 # run_fkbench KIND CONC REPEAT: `ferrokv bench` writes against the leader.
 run_fkbench() {
   local kind=$1 conc=$2 rep=$3 out="$BASE/bench.out" tf="$BASE/time.out"
+  # `ferrokv bench` warms up and fills inside the same command: its server CPU is not recorded.
   timeout $((DURATION + WARMUP + 60)) /usr/bin/time -f '%U %S' -o "$tf" \
     "$FERROKV" bench --endpoint "$FK_URL" --concurrency "$conc" --duration "$DURATION" \
     --warmup "$WARMUP" --keys "$KEYS" --value-size "$VALUE_SIZE" --mix put=1 --json \
@@ -332,20 +372,23 @@ run_redis() {
   local rps n
   rps=$(awk -F'","' 'NR > 1 {print $2}' "$out" | head -n1)
   n=$(awk -v r="$rps" -v d="$DURATION" 'BEGIN { n = int(r * d); if (n < 1000) n = 1000; print n }')
+  local t0
+  t0=$(server_ticks redis)
   timeout $((DURATION * 3 + 60)) /usr/bin/time -f '%U %S' -o "$tf" \
     redis-benchmark "${common[@]}" -n "$n" >"$out" 2>/dev/null || die "redis-benchmark failed"
-  local cpu
+  local cpu scpu
+  scpu=$(server_cpu_s redis "$t0")
   cpu=$(awk '{print $1 + $2}' "$tf")
   # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
   awk -F, 'NR == 2 { gsub(/"/, ""); print $2, $5, $6, $7, $8 }' "$out" | {
     read -r ops p50 p95 p99 max
     jq -nc --arg wl "$cmd" --argjson c "$conc" --argjson rep "$rep" --argjson n "$n" \
       --argjson ops "$ops" --argjson p50 "$p50" --argjson p99 "$p99" --argjson max "$max" \
-      --argjson cpu "$cpu" '
+      --argjson cpu "$cpu" --argjson scpu "$scpu" '
       {kind: "compare", system: "redis", workload: $wl, concurrency: $c, repeat: $rep,
        tool: "redis-benchmark", requests: $n, elapsed_s: ($n / $ops), ops_per_sec: $ops,
        p50_us: ($p50 * 1000), p90_us: null, p99_us: ($p99 * 1000), max_us: ($max * 1000),
-       errors: 0, generator_cpu_s: $cpu}'
+       errors: 0, generator_cpu_s: $cpu, server_cpu_s: $scpu}'
   } | tee -a "$RUNS" | summarize
 }
 

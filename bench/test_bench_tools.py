@@ -34,6 +34,37 @@ class AggregateTest(unittest.TestCase):
         self.assertEqual(agg[("compare", "etcd", "put", 64)]["repeats"], 1)
 
 
+class ServerCpuTest(unittest.TestCase):
+    def cell(self, system, workload, conc, ops, cpu_s, requests):
+        r = run(system, workload, conc, ops)
+        r.update(server_cpu_s=cpu_s, requests=requests)
+        return r
+
+    def test_cpu_per_operation_and_its_target(self):
+        runs = [self.cell("ferrokv", "put", 64, 20000, 8.0, 200000),      # 40 µs
+                self.cell("ferrokv", "put", 64, 22000, 11.0, 220000),     # 50 µs
+                self.cell("ferrokv", "put", 64, 21000, 9.45, 210000),     # 45 µs
+                self.cell("etcd", "put", 64, 5000, 10.0, 50000),          # 200 µs
+                self.cell("redis", "set", 64, 60000, 9.0, 600000)]        # 15 µs
+        agg = kvtool.aggregate(runs)
+        self.assertAlmostEqual(agg[("compare", "ferrokv", "put", 64)]["server_cpu_us_per_op"], 45.0)
+        table = kvtool.render_server_cpu(agg, [64])
+        self.assertIn("| writes | 64 | 45.0 | 200 | 4.4× | 15.0 |", table)
+        targets = kvtool.render_targets(agg, [64])
+        self.assertIn("| writes @64: CPU per write, all three nodes | 45.0 µs | ≤ 45 µs | met |", targets)
+
+    def test_runs_without_server_cpu_show_nothing(self):
+        agg = kvtool.aggregate([run("ferrokv", "put", 64, 20000), run("etcd", "put", 64, 5000)])
+        self.assertIsNone(agg[("compare", "ferrokv", "put", 64)]["server_cpu_us_per_op"])
+        self.assertIsNone(kvtool.render_server_cpu(agg, [64]))
+        self.assertNotIn("CPU per write", kvtool.render_targets(agg, [64]))
+
+    def test_a_cell_missing_it_in_one_repeat_is_not_reported(self):
+        with_cpu = self.cell("ferrokv", "put", 64, 20000, 8.0, 200000)
+        agg = kvtool.aggregate([with_cpu, run("ferrokv", "put", 64, 21000)])
+        self.assertIsNone(agg[("compare", "ferrokv", "put", 64)]["server_cpu_us_per_op"])
+
+
 class ChartTest(unittest.TestCase):
     def result(self, runs, concs=(1, 64), repeat="3"):
         agg = kvtool.aggregate(runs)
