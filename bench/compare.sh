@@ -305,8 +305,7 @@ run_wrk_spread() {
   local system=$1 op=$2 conc=$3 rep=$4
   shift 4
   local urls=("$@") n=$# pids=() i
-  local outs=() tfs=() t0
-  t0=$(server_ticks "$system")
+  local outs=() tfs=()
   for i in "${!urls[@]}"; do
     local ci=$((conc / n + (i < conc % n ? 1 : 0)))
     [[ $ci -gt 0 ]] || continue
@@ -326,13 +325,11 @@ run_wrk_spread() {
     pids+=($!)
   done
   for i in "${pids[@]}"; do wait "$i" || die "wrk failed: $(tail -n 3 "${outs[0]}")"; done
-  local cpu scpu
-  # Includes the warm-ups, which run inside each member's subshell: per operation it is an
-  # upper estimate (the warm-up's operations are not counted).
-  scpu=$(server_cpu_s "$system" "$t0")
+  # No server CPU here: the warm-ups run inside each member's subshell, within any window.
+  local cpu
   cpu=$(cat "${tfs[@]}" | awk '{s += $1 + $2} END {print s}')
   sed -n 's/^WRKJSON //p' "${outs[@]}" | jq -sc --arg system "$system" --arg wl "$op" --argjson c "$conc" \
-    --argjson rep "$rep" --argjson cpu "$cpu" --argjson scpu "$scpu" --argjson members "${#outs[@]}" '
+    --argjson rep "$rep" --argjson cpu "$cpu" --argjson members "${#outs[@]}" '
     if length != $members then error("a wrk printed no WRKJSON") else . end |
     {kind: "compare", system: $system, workload: $wl, concurrency: $c, repeat: $rep,
      tool: "wrk x \($members)", requests: (map(.requests) | add),
@@ -341,7 +338,7 @@ run_wrk_spread() {
      p50_us: (map(.latency_us.p50) | max), p90_us: (map(.latency_us.p90) | max),
      p99_us: (map(.latency_us.p99) | max), max_us: (map(.latency_us.max) | max),
      errors: (map(.errors.connect + .errors.read + .errors.write + .errors.status + .errors.timeout) | add),
-     error_detail: map(.errors), generator_cpu_s: $cpu, server_cpu_s_with_warmup: $scpu}' | tee -a "$RUNS" | summarize
+     error_detail: map(.errors), generator_cpu_s: $cpu}' | tee -a "$RUNS" | summarize
 }
 
 # run_fkbench KIND CONC REPEAT: `ferrokv bench` writes against the leader.
